@@ -1,0 +1,83 @@
+"""`keychest serve`: the whole service in one process."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import click
+
+from keychest.cli.options import db_option, env_option, parse_listen, resolve_db_url
+from keychest.config import Limits, LineServerSettings, Settings
+
+
+def default_mail_domain() -> str:
+    fqdn = socket.getfqdn()
+    return fqdn if "." in fqdn and not fqdn.endswith(".localdomain") else "keychest.invalid"
+
+
+@click.command()
+@db_option
+@env_option("--line-listen", default="0.0.0.0:10023", show_default=True, help="Line API HOST:PORT.")
+@env_option("--http-listen", default="127.0.0.1:8080", show_default=True, help="HTTP HOST:PORT.")
+@env_option(
+    "--mail-domain",
+    default=None,
+    help="Placeholder addresses end in @this domain; never mailed. [default: this host's FQDN]",
+)
+@env_option("--keys-per-ip-per-hour", type=int, default=Limits.keys_per_ip_per_hour, show_default=True,
+            help="New API keys one address may ask for in an hour (0: no limit).")
+@env_option("--apikey-burst", type=int, default=Limits.apikey_burst_per_ip, show_default=True,
+            help="New API keys one address may ask for in 10 s before 429 (0: no limit).")
+@env_option("--domains-per-unconfirmed-key", type=int, default=Limits.domains_per_unconfirmed_key,
+            show_default=True, help="Domains a key may add before its email is confirmed (0: no limit).")
+@env_option("--claims-per-email-per-day", type=int, default=Limits.claims_per_email_per_day,
+            show_default=True, help="Claims for one address per day (0: no limit).")
+@env_option("--idle-timeout", type=float, default=LineServerSettings.idle_timeout_s, show_default=True,
+            help="Seconds before an idle line API connection is closed.")
+@env_option("--max-connections", type=int, default=LineServerSettings.max_connections, show_default=True,
+            help="Line API connections at once; more get 503.")
+@env_option("--log-level", default="info", show_default=True,
+            type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(
+    db_url: str | None,
+    data_dir: Path,
+    line_listen: str,
+    http_listen: str,
+    mail_domain: str | None,
+    keys_per_ip_per_hour: int,
+    apikey_burst: int,
+    domains_per_unconfirmed_key: int,
+    claims_per_email_per_day: int,
+    idle_timeout: float,
+    max_connections: int,
+    log_level: str,
+) -> None:
+    """Run the line API, the HTTP server and the background work on one database."""
+    from keychest.servers.roles import Process, run_process
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Alembic narrates every plugin it loads at INFO; the migration lines are enough.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    line_host, line_port = parse_listen(line_listen)
+    http_host, http_port = parse_listen(http_listen, "127.0.0.1")
+    settings = Settings(
+        db_url=resolve_db_url(db_url, data_dir),
+        data_dir=data_dir,
+        mail_domain=(mail_domain or default_mail_domain()).lower().rstrip("."),
+        line=LineServerSettings(
+            host=line_host, port=line_port, idle_timeout_s=idle_timeout, max_connections=max_connections
+        ),
+        http_host=http_host,
+        http_port=http_port,
+        limits=Limits(
+            keys_per_ip_per_hour=keys_per_ip_per_hour,
+            apikey_burst_per_ip=apikey_burst,
+            domains_per_unconfirmed_key=domains_per_unconfirmed_key,
+            claims_per_email_per_day=claims_per_email_per_day,
+        ),
+    )
+    run_process(Process(settings))

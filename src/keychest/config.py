@@ -1,0 +1,40 @@
+"""One typed configuration object, built once from flags and KEYCHEST_* variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Abuse limits. Zero or less switches a limit off (benchmarks, private installs)."""
+
+    keys_per_ip_per_hour: int = 100
+    domains_per_unconfirmed_key: int = 100
+    claims_per_email_per_day: int = 10
+    # In-memory burst guard in front of the durable hourly quota on `apikey`.
+    apikey_burst_per_ip: int = 20
+    apikey_burst_window_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class LineServerSettings:
+    host: str = "0.0.0.0"
+    port: int = 10023
+    idle_timeout_s: float = 30.0
+    # A request without newline is taken as complete after this pause (PROTOCOL.md).
+    partial_line_pause_s: float = 0.2
+    max_connections: int = 4096
+    max_requests_per_connection: int = 100_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_url: str
+    data_dir: Path
+    mail_domain: str
+    line: LineServerSettings = field(default_factory=LineServerSettings)
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    limits: Limits = field(default_factory=Limits)

@@ -1,0 +1,83 @@
+"""`keychest serve`: start the parts of one process and stop them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from keychest.config import Settings
+from keychest.servers.dispatch import Dispatcher
+from keychest.servers.line import LineServer, WriteBatcher
+from keychest.service.facade import Keychest
+from keychest.store.db import Database, upgrade
+from keychest.web.app import create_app
+
+log = logging.getLogger("keychest.serve")
+
+# A part of the process that runs until cancelled (scanner, mailer, ...); each gets the service.
+Part = Callable[[Keychest], Awaitable[None]]
+
+
+@dataclass
+class Process:
+    settings: Settings
+    extra_parts: list[Part] = field(default_factory=list)
+
+    async def run(self) -> None:
+        db = Database(self.settings.db_url)
+        upgrade(db)
+        service = Keychest(db, self.settings)
+        batcher = WriteBatcher(service)
+        batcher.start()
+        dispatcher = Dispatcher(service, batcher.submit)
+        line = LineServer(self.settings.line, dispatcher)
+        await line.start()
+        app = create_app(service)
+        http = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=self.settings.http_host,
+                port=self.settings.http_port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(http.serve(), name="http")]
+        tasks += [asyncio.create_task(part(service), name=getattr(part, "__name__", "part"))
+                  for part in self.extra_parts]
+        log.info("keychest serving; database %s", db.engine.url.render_as_string(hide_password=True))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                log.error("%s failed: %r", task.get_name(), task.exception())
+        log.info("stopping")
+        await line.stop()
+        http.should_exit = True
+        for task in tasks:
+            if task.get_name() != "http":
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        await batcher.stop()
+        db.dispose()
+
+
+def run_process(process: Process) -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional: the standard loop works, only slower
+        asyncio.run(process.run())
+    else:
+        uvloop.run(process.run())

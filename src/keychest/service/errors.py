@@ -1,0 +1,38 @@
+"""The one error type every front door maps: HTTP-like codes, as PROTOCOL.md and REST use them."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A request the rules refuse. ``status`` is a stable word for scripts (REST JSON)."""
+
+    def __init__(self, code: int, status: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.status = status
+        self.text = text
+
+
+def bad_request(text: str) -> ServiceError:
+    return ServiceError(400, "bad_request", text)
+
+
+def unknown_key() -> ServiceError:
+    # The same answer for a malformed and an unknown key: nothing to learn by probing.
+    return ServiceError(401, "unauthorized", "unknown API key")
+
+
+def forbidden(text: str) -> ServiceError:
+    return ServiceError(403, "forbidden", text)
+
+
+def not_found(text: str) -> ServiceError:
+    return ServiceError(404, "not_found", text)
+
+
+def invalid(text: str) -> ServiceError:
+    return ServiceError(422, "invalid", text)
+
+
+def rate_limited(text: str) -> ServiceError:
+    return ServiceError(429, "rate_limited", text)

@@ -1,0 +1,66 @@
+"""The one way in: every front door calls this object; it owns transactions and the clock.
+
+Service functions (``keys.create``, ``domains.add``, ...) take a :class:`Ctx` and do their
+work inside the caller's transaction. ``Keychest.call`` runs one in a transaction of its own;
+``Keychest.call_batch`` runs many, each in a savepoint, under ONE commit: the line server
+uses it for group commit, so that a durable ``ok`` costs one fsync per batch, not per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from keychest.config import Settings
+from keychest.service.context import Ctx
+from keychest.service.errors import ServiceError
+from keychest.store.db import Database
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Call:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    ip: str | None = None
+
+
+class Keychest:
+    def __init__(
+        self, db: Database, settings: Settings, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+
+    def call(self, fn: Callable[..., T], *args: Any, ip: str | None = None) -> T:
+        with self.db.write() as session:
+            return fn(Ctx(session, self.settings, self.clock(), ip), *args)
+
+    def read(self, fn: Callable[..., T], *args: Any, ip: str | None = None) -> T:
+        with self.db.read() as session:
+            return fn(Ctx(session, self.settings, self.clock(), ip), *args)
+
+    def call_batch(self, calls: Sequence[Call]) -> list[Any | ServiceError]:
+        """Run calls under one commit. A call that raises ServiceError is rolled back alone.
+
+        Any other exception aborts the whole batch (nothing is acknowledged): the caller
+        answers every request with 500, and none has been reported ok.
+        """
+        results: list[Any | ServiceError] = []
+        with self.db.write() as session:
+            now = self.clock()
+            for call in calls:
+                try:
+                    with session.begin_nested():
+                        results.append(call.fn(Ctx(session, self.settings, now, call.ip), *call.args))
+                except ServiceError as exc:
+                    results.append(exc)
+        return results

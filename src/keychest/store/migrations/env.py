@@ -1,0 +1,29 @@
+"""Alembic environment: run against the connection keychest hands in, or a URL."""
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from keychest.store.db import normalise_url
+from keychest.store.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _run(connection) -> None:  # type: ignore[no-untyped-def]
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = config.attributes.get("connection")
+if connection is not None:
+    _run(connection)
+else:
+    engine = create_engine(normalise_url(config.get_main_option("sqlalchemy.url") or ""))
+    with engine.begin() as conn:
+        _run(conn)

@@ -1,0 +1,136 @@
+"""SQLAlchemy models: the schema, changed only through Alembic migrations.
+
+Rows are plain facts; the rules that create and change them live in ``keychest.service``.
+Timestamps are naive UTC datetimes, the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BIGINT keeps PostgreSQL roomy.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    # dormant: created by a claim, not confirmed; active: confirmed; blocked: "this wasn't me"
+    state: Mapped[str] = mapped_column(String(16), default="dormant")
+    is_placeholder: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_ip: Mapped[str | None] = mapped_column(String(64))
+    confirmed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters, for people to recognise a key in mails and listings.
+    prefix: Mapped[str] = mapped_column(String(12))
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # unclaimed -> active (bound to an account) or pending (awaits the owner's approval);
+    # revoked is final.
+    state: Mapped[str] = mapped_column(String(16), default="unclaimed")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_ip: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_used_ip: Mapped[str | None] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_api_keys_created_ip_at", "created_ip", "created_at"),)
+
+
+class Endpoint(Base):
+    """A name and a port to watch, shared by every key that registered it."""
+
+    __tablename__ = "endpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    host: Mapped[str] = mapped_column(String(253))
+    port: Mapped[int] = mapped_column(Integer, default=443)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    # When the scanner should look next; NULL never happens for a live endpoint.
+    next_scan_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (
+        UniqueConstraint("host", "port", name="uq_endpoints_host_port"),
+        Index("ix_endpoints_next_scan_at", "next_scan_at"),
+    )
+
+
+class Watch(Base):
+    """One API key's registration of an endpoint; an account sees the watches of its keys."""
+
+    __tablename__ = "watches"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id"), index=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime)
+    added_ip: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (UniqueConstraint("api_key_id", "endpoint_id", name="uq_watches_key_endpoint"),)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+    event: Mapped[str] = mapped_column(String(32))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    api_key_id: Mapped[int | None] = mapped_column(BigInteger)
+    account_id: Mapped[int | None] = mapped_column(BigInteger)
+    # What the event was about (an email for claims, a domain for adds), for quotas and people.
+    subject: Mapped[str | None] = mapped_column(String(300))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_audit_event_subject_at", "event", "subject", "at"),
+        Index("ix_audit_at", "at"),
+    )
+
+
+class OutboxMail(Base):
+    """A mail to send, written in the transaction of the event that causes it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    to_addr: Mapped[str] = mapped_column(String(254))
+    account_id: Mapped[int | None] = mapped_column(BigInteger)
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    # queued -> sent | failed (gave up) | skipped (never to be mailed, e.g. a placeholder)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_outbox_state_next", "state", "next_attempt_at"),)
