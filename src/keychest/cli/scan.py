@@ -1,0 +1,206 @@
+"""`keychest scan`: a one-shot scan without a database, a better ssl-cert-check.
+
+Exit status follows the monitoring-plugin convention: 0 all ok, 1 a warning, 2 a critical
+finding or an error, so it drops into Nagios/Icinga/cron as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import multiprocessing
+import sys
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TextIO, TypeVar
+
+import click
+
+from keychest.scan.report import exit_status, render_table, results_to_json
+from keychest.scan.runner import AddressResult, Scanner, ScanOptions
+from keychest.scan.targets import Endpoint, parse_endpoint, parse_target_lines
+
+T = TypeVar("T")
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+async def _scan_grouped(endpoints: Sequence[Endpoint], options: ScanOptions) -> list[list[AddressResult]]:
+    return await Scanner(options).scan_grouped(endpoints)
+
+
+def _scan_chunk(endpoints: Sequence[Endpoint], options: ScanOptions) -> list[list[AddressResult]]:
+    return _run(_scan_grouped(endpoints, options))
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def run_scan(endpoints: Sequence[Endpoint], options: ScanOptions, workers: int = 1) -> list[AddressResult]:
+    """Scan in this process, or split round-robin over `workers` processes when the
+    handshakes' CPU cost (key exchange, chain parsing) is what limits throughput."""
+    workers = max(1, min(workers, len(endpoints)))
+    if workers == 1:
+        grouped = _scan_chunk(endpoints, options)
+    else:
+        # The limits are for the whole scan, so each process gets its share.
+        share = dataclasses.replace(
+            options,
+            concurrency=_ceil_div(options.concurrency, workers),
+            per_address_concurrency=_ceil_div(options.per_address_concurrency, workers),
+        )
+        chunks = [list(endpoints[i::workers]) for i in range(workers)]
+        # fork: the children need nothing but the code already imported, and start at once.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+            parts = list(pool.map(_scan_chunk, chunks, [share] * workers))
+        grouped: list[list[AddressResult]] = [[] for _ in endpoints]
+        for worker, part in enumerate(parts):
+            for offset, results in enumerate(part):
+                grouped[worker + offset * workers] = results
+    return [result for results in grouped for result in results]
+
+
+def _read_targets(targets: Sequence[str], files: Sequence[TextIO]) -> list[Endpoint]:
+    endpoints: list[Endpoint] = []
+    for text in targets:
+        try:
+            endpoints.append(parse_endpoint(text))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="TARGET") from None
+    for handle in files:
+        try:
+            endpoints.extend(parse_target_lines(handle))
+        except ValueError as exc:
+            raise click.BadParameter(f"{handle.name}: {exc}", param_hint="-f") from None
+    if not endpoints:
+        raise click.UsageError("no targets: give TARGET arguments or -f FILE")
+    return endpoints
+
+
+@click.command("scan")
+@click.argument("targets", nargs=-1, metavar="TARGET...")
+@click.option(
+    "-f",
+    "--file",
+    "files",
+    multiple=True,
+    type=click.File("r"),
+    help="Read targets from FILE, one per line (`host[:port]` or ssl-cert-check's `host port`); - is stdin.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per (target, address).")
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Extra trusted CA certificates (PEM), e.g. a private CA; added to the system's.",
+)
+@click.option("--no-system-trust", is_flag=True, help="Trust only --ca-file, not the system CA bundle.")
+@click.option(
+    "--allow-private-targets",
+    is_flag=True,
+    help="Scan loopback, private, link-local and multicast addresses (refused by default).",
+)
+@click.option(
+    "--warn-days",
+    type=click.IntRange(0),
+    default=30,
+    show_default=True,
+    help="Warning when fewer full days of validity remain.",
+)
+@click.option(
+    "--crit-days",
+    type=click.IntRange(0),
+    default=7,
+    show_default=True,
+    help="Critical when fewer full days of validity remain.",
+)
+@click.option("--resolver", metavar="IP[:PORT]", help="Ask this DNS server instead of the system resolver.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds for the DNS lookup, and again for connect + TLS handshake of each address.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Handshakes in flight at once.",
+)
+@click.option(
+    "--per-address",
+    "per_address",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Handshakes in flight against one IP address.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Processes to spread the handshakes over (for thousands of targets).",
+)
+def scan(
+    targets: tuple[str, ...],
+    files: tuple[TextIO, ...],
+    as_json: bool,
+    ca_file: str | None,
+    no_system_trust: bool,
+    allow_private_targets: bool,
+    warn_days: int,
+    crit_days: int,
+    resolver: str | None,
+    timeout: float,
+    concurrency: int,
+    per_address: int,
+    workers: int,
+) -> None:
+    """Check the TLS certificates of TARGETs (`host`, `host:port`, `[v6addr]:port`) now.
+
+    Every address of a name is checked separately. Exit status: 0 ok, 1 warning,
+    2 critical or error.
+    """
+    endpoints = _read_targets(targets, files)
+    if crit_days > warn_days:
+        raise click.BadParameter("must not exceed --warn-days", param_hint="--crit-days")
+    try:
+        options = ScanOptions(
+            timeout=timeout,
+            ca_file=ca_file,
+            system_trust=not no_system_trust,
+            allow_private_targets=allow_private_targets,
+            resolver=resolver,
+            warn_days=warn_days,
+            crit_days=crit_days,
+            concurrency=concurrency,
+            per_address_concurrency=per_address,
+        )
+        Scanner(options)  # fail on a bad CA file or resolver before forking workers
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+    results = run_scan(endpoints, options, workers)
+    if as_json:
+        json.dump(results_to_json(results), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        from rich.console import Console
+
+        Console(soft_wrap=False).print(render_table(results))
+    sys.exit(exit_status(results))
+
+
+if __name__ == "__main__":
+    scan()

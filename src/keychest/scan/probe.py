@@ -1,0 +1,228 @@
+"""One TLS handshake over one TCP connection to one address: the only network I/O of a scan.
+
+Python's own ssl module (before 3.13) shows only the leaf of an unverified peer, so the
+handshake is driven with pyOpenSSL over memory BIOs inside an asyncio protocol. That also
+puts every byte the server sends through our hands, which is what lets a hostile server
+be cut off: the overall deadline bounds time, `max_bytes` bounds what we read, and the
+first bytes are checked to look like TLS before OpenSSL spends effort on them.
+
+Nothing is judged here: the result is the raw DER chain as sent, or a classified error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import time
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+
+from keychest.scan.errors import ErrorKind, ScanError, ScanFailure
+from keychest.scan.targets import ScanTarget, is_ip_literal
+
+# TLS record content types a server may start with: alert (21) or handshake (22).
+_FIRST_RECORD_TYPES = frozenset({0x15, 0x16})
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    target: ScanTarget
+    chain: tuple[bytes, ...]  # DER, in the order the server sent it (leaf first)
+    error: ScanError | None
+    tls_version: str | None = None
+    cipher: str | None = None
+    bytes_read: int = 0
+    elapsed: float = 0.0  # seconds from connect start to handshake end (or failure)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def make_client_context() -> SSL.Context:
+    """The one client context all probes share.
+
+    Verification is off and the security level is 0 on purpose: we want to see and
+    report a server's SHA-1 chain, 1024-bit key or TLS 1.0, not fail before we can.
+    """
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_verify(SSL.VERIFY_NONE)
+    context.set_cipher_list(b"ALL:@SECLEVEL=0")
+    # No session tickets: we never resume, and each ticket costs the server work.
+    context.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    return context
+
+
+def _reasons(exc: SSL.Error) -> list[str]:
+    reasons = []
+    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(item, tuple) and item:
+            reasons.append(str(item[-1]))
+    return reasons or [str(exc) or type(exc).__name__]
+
+
+def _classify_ssl_error(exc: SSL.Error) -> ScanFailure:
+    reasons = _reasons(exc)
+    text = "; ".join(reasons)
+    lowered = text.lower()
+    if "alert" in lowered:
+        return ScanFailure(ErrorKind.TLS_ALERT, f"server sent TLS alert: {text}")
+    if "excessive message size" in lowered:
+        return ScanFailure(ErrorKind.TOO_LARGE, f"server's handshake message is too large: {text}")
+    if any(word in lowered for word in ("wrong version number", "packet length too long", "record layer")):
+        return ScanFailure(ErrorKind.GARBAGE, f"server does not speak TLS: {text}")
+    return ScanFailure(ErrorKind.HANDSHAKE, f"TLS handshake failed: {text}")
+
+
+class _HandshakeProtocol(asyncio.Protocol):
+    def __init__(self, connection: SSL.Connection, max_bytes: int, done: asyncio.Future[None]) -> None:
+        self.connection = connection
+        self.max_bytes = max_bytes
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+        self.bytes_read = 0
+        self.prefix = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._step()
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        self.bytes_read += len(data)
+        if self.bytes_read > self.max_bytes:
+            self._fail(
+                ScanFailure(
+                    ErrorKind.TOO_LARGE, f"server sent more than {self.max_bytes} bytes in the handshake"
+                )
+            )
+            return
+        if len(self.prefix) < 3:
+            self.prefix += data[: 3 - len(self.prefix)]
+            if not self._looks_like_tls(self.prefix):
+                shown = self.prefix + data[len(self.prefix) : 40]
+                self._fail(ScanFailure(ErrorKind.GARBAGE, f"server does not speak TLS; it sent {shown!r}"))
+                return
+        try:
+            self.connection.bio_write(data)
+        except SSL.Error as exc:
+            self._fail(_classify_ssl_error(exc))
+            return
+        self._step()
+
+    @staticmethod
+    def _looks_like_tls(prefix: bytes) -> bool:
+        if prefix[0] not in _FIRST_RECORD_TYPES:
+            return False
+        # Record version major is 3 for SSL 3.0 through TLS 1.3.
+        return len(prefix) < 2 or prefix[1] == 0x03
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            detail = f": {exc}" if exc else ""
+            self.done.set_exception(
+                ScanFailure(ErrorKind.HANDSHAKE, f"server closed the connection during the handshake{detail}")
+            )
+
+    def _step(self) -> None:
+        try:
+            self.connection.do_handshake()
+        except SSL.WantReadError:
+            self._flush()
+        except SSL.Error as exc:
+            # An alert we were sent or are sending is in the BIO; let it out, then fail.
+            self._flush()
+            self._fail(_classify_ssl_error(exc))
+        else:
+            self._flush()
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        while True:
+            try:
+                data = self.connection.bio_read(65536)
+            except SSL.WantReadError:
+                return
+            if not data:
+                return
+            self.transport.write(data)
+
+    def _fail(self, failure: ScanFailure) -> None:
+        if not self.done.done():
+            self.done.set_exception(failure)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class TLSClient:
+    """Runs probes. Build one per scanner: it owns the shared OpenSSL context."""
+
+    def __init__(self, timeout: float, max_bytes: int = 256 * 1024) -> None:
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.context = make_client_context()
+
+    async def probe(self, target: ScanTarget) -> ProbeResult:
+        """Connect to `target.ip` (never re-resolving `target.host`) and shake hands with SNI."""
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        connection = SSL.Connection(self.context, None)
+        connection.set_connect_state()
+        if not is_ip_literal(target.host):
+            connection.set_tlsext_host_name(target.host.encode("ascii"))
+        done: asyncio.Future[None] = loop.create_future()
+        protocol = _HandshakeProtocol(connection, self.max_bytes, done)
+        transport: asyncio.BaseTransport | None = None
+        phase = "connect"
+
+        def result(
+            error: ScanError | None,
+            chain: tuple[bytes, ...] = (),
+            tls_version: str | None = None,
+            cipher: str | None = None,
+        ) -> ProbeResult:
+            return ProbeResult(
+                target, chain, error, tls_version, cipher, protocol.bytes_read, time.monotonic() - started
+            )
+
+        try:
+            async with asyncio.timeout(self.timeout):
+                transport, _ = await loop.create_connection(lambda: protocol, target.ip, target.port)
+                phase = "handshake"
+                await done
+        except TimeoutError:
+            what = "TCP connect" if phase == "connect" else "TLS handshake"
+            return result(ScanError(ErrorKind.TIMEOUT, f"{what} did not finish within {self.timeout:g}s"))
+        except ScanFailure as failure:
+            return result(failure.error)
+        except ConnectionRefusedError:
+            return result(ScanError(ErrorKind.REFUSED, "connection refused"))
+        except OSError as exc:
+            kind = ErrorKind.REFUSED if exc.errno == errno.ECONNREFUSED else ErrorKind.UNREACHABLE
+            return result(ScanError(kind, f"cannot connect: {exc.strerror or exc}"))
+        finally:
+            if transport is not None and not transport.is_closing() and not done.done():
+                transport.abort()
+
+        assert transport is not None
+        peer_chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+        chain = tuple(cert.public_bytes(Encoding.DER) for cert in peer_chain)
+        version = connection.get_protocol_version_name()
+        cipher = connection.get_cipher_name()
+        try:
+            # A polite close_notify costs one small write; the server may log less noise.
+            connection.shutdown()
+            protocol._flush()
+        except SSL.Error:
+            pass
+        transport.close()
+        if not chain:
+            return result(ScanError(ErrorKind.HANDSHAKE, "server sent no certificate"))
+        return result(None, chain, version, cipher)
