@@ -1,0 +1,3 @@
+from keychest.cli import main
+
+main()

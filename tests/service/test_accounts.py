@@ -1,0 +1,188 @@
+"""Keys, claims, domains and quotas through the service facade, on every test database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from keychest.config import Limits, Settings
+from keychest.service import accounts, audit, domains, keys, outbox
+from keychest.service.errors import ServiceError
+from keychest.service.facade import Call, Keychest
+from keychest.store.db import Database, upgrade
+from keychest.store.models import ApiKey
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 26, 12, 0, 0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make_service(db_url: str, clock: Clock, **limits: int) -> Keychest:
+    db = Database(db_url)
+    upgrade(db)
+    settings = Settings(db_url=db_url, data_dir=Path("."), mail_domain="keychest.test", limits=Limits(**limits))
+    return Keychest(db, settings, clock)
+
+
+@pytest.fixture
+def svc(db_url: str, clock: Clock) -> Iterator[Keychest]:
+    service = make_service(db_url, clock)
+    yield service
+    service.db.dispose()
+
+
+def test_keys_are_random_and_stored_only_hashed(svc: Keychest) -> None:
+    a = svc.call(keys.create, ip="192.0.2.1")
+    b = svc.call(keys.create, ip="192.0.2.1")
+    assert a.key != b.key and len(a.key) >= 32
+    assert keys.KEY_PATTERN.fullmatch(a.key)
+    rows = svc.read(lambda ctx: list(ctx.session.scalars(select(ApiKey))))
+    stored = {col for row in rows for col in (row.key_hash, row.prefix)}
+    assert a.key not in stored and b.key not in stored
+    assert rows[0].created_ip == "192.0.2.1"
+
+
+def test_claim_new_email_makes_dormant_account_and_queues_confirmation(svc: Keychest) -> None:
+    key = svc.call(keys.create, ip="192.0.2.1").key
+    outcome = svc.call(accounts.claim, key, "Owner@Example.ORG", ip="192.0.2.1")
+    assert (outcome.outcome, outcome.email) == ("created", "owner@example.org")
+    summary = svc.read(accounts.list_summaries)[0]
+    assert (summary.email, summary.state, summary.keys) == ("owner@example.org", "dormant", 1)
+    mails = svc.read(outbox.list_all)
+    assert [(m.kind, m.to_addr, m.state) for m in mails] == [
+        ("confirm_account", "owner@example.org", "queued")
+    ]
+    # Claiming again with the same address changes nothing and mails nothing.
+    assert svc.call(accounts.claim, key, "owner@example.org").outcome == "already"
+    assert len(svc.read(outbox.list_all)) == 1
+
+
+def test_second_key_for_existing_account_is_pending(svc: Keychest) -> None:
+    first = svc.call(keys.create).key
+    svc.call(accounts.claim, first, "owner@example.org")
+    second = svc.call(keys.create).key
+    assert svc.call(accounts.claim, second, "owner@example.org").outcome == "pending"
+    states = sorted(k.state for k in svc.read(keys.list_all))
+    assert states == ["active", "pending"]
+    # The owner has not confirmed: nothing but the one confirmation mail is queued.
+    assert [m.kind for m in svc.read(outbox.list_all)] == ["confirm_account"]
+
+
+def test_approval_mail_once_the_owner_is_confirmed(svc: Keychest) -> None:
+    first = svc.call(keys.create).key
+    account_id = svc.call(accounts.claim, first, "owner@example.org").account_id
+    svc.call(accounts.confirm, account_id)
+    second = svc.call(keys.create).key
+    svc.call(accounts.claim, second, "owner@example.org")
+    assert sorted(m.kind for m in svc.read(outbox.list_all)) == ["approve_key", "confirm_account"]
+
+
+def test_placeholder_is_never_mailed_and_can_be_replaced(svc: Keychest) -> None:
+    key = svc.call(keys.create).key
+    assert svc.call(accounts.claim, key, "x7f3k@keychest.test").outcome == "placeholder"
+    assert svc.read(outbox.list_all) == []
+    svc.call(domains.add, key, "www.example.net")
+    assert svc.call(accounts.claim, key, "real@example.org").outcome == "created"
+    rows = svc.read(domains.list_rows)
+    assert [(r.domain, r.account_email) for r in rows] == [("www.example.net", "real@example.org")]
+    assert [m.to_addr for m in svc.read(outbox.list_all)] == ["real@example.org"]
+
+
+def test_a_real_claim_cannot_be_moved(svc: Keychest) -> None:
+    key = svc.call(keys.create).key
+    svc.call(accounts.claim, key, "owner@example.org")
+    with pytest.raises(ServiceError) as caught:
+        svc.call(accounts.claim, key, "thief@example.org")
+    assert caught.value.code == 403
+
+
+def test_unknown_and_revoked_keys(svc: Keychest) -> None:
+    with pytest.raises(ServiceError) as caught:
+        svc.call(domains.add, "not-a-key-but-long-enough", "www.example.net")
+    assert caught.value.code == 401
+    issued = svc.call(keys.create)
+    svc.call(keys.revoke, issued.id)
+    with pytest.raises(ServiceError) as caught:
+        svc.call(domains.add, issued.key, "www.example.net")
+    assert caught.value.code == 403
+
+
+def test_add_is_idempotent_per_account(svc: Keychest) -> None:
+    first = svc.call(keys.create).key
+    account_id = svc.call(accounts.claim, first, "owner@example.org").account_id
+    svc.call(accounts.confirm, account_id)
+    assert svc.call(domains.add, first, "www.example.net").created
+    assert not svc.call(domains.add, first, "WWW.example.net.").created
+    second = svc.call(keys.create).key
+    svc.call(accounts.claim, second, "owner@example.org")
+    svc.call(keys.approve, svc.read(keys.list_all)[1].id)
+    assert not svc.call(domains.add, second, "www.example.net").created
+    assert len(svc.read(domains.list_rows)) == 1
+    assert len(svc.read(domains.account_endpoint_ids, account_id)) == 1
+
+
+def test_quotas(db_url: str, clock: Clock) -> None:
+    svc = make_service(
+        db_url, clock, keys_per_ip_per_hour=2, domains_per_unconfirmed_key=2, claims_per_email_per_day=1
+    )
+    try:
+        key = svc.call(keys.create, ip="192.0.2.9").key
+        svc.call(keys.create, ip="192.0.2.9")
+        with pytest.raises(ServiceError) as caught:
+            svc.call(keys.create, ip="192.0.2.9")
+        assert caught.value.code == 429
+        svc.call(keys.create, ip="192.0.2.10")  # another address is not affected
+        clock.now += timedelta(hours=1, seconds=1)
+        svc.call(keys.create, ip="192.0.2.9")  # the hour has passed
+
+        svc.call(domains.add, key, "a.example")
+        svc.call(domains.add, key, "b.example")
+        with pytest.raises(ServiceError) as caught:
+            svc.call(domains.add, key, "c.example")
+        assert caught.value.code == 403 and "confirmed" in caught.value.text
+
+        svc.call(accounts.claim, key, "x@example.org")
+        other = svc.call(keys.create, ip="192.0.2.11").key
+        with pytest.raises(ServiceError) as caught:
+            svc.call(accounts.claim, other, "x@example.org")
+        assert caught.value.code == 429
+    finally:
+        svc.db.dispose()
+
+
+def test_batch_rolls_back_only_the_refused_call(svc: Keychest) -> None:
+    key = svc.call(keys.create).key
+    results = svc.call_batch(
+        [
+            Call(domains.add, (key, "a.example")),
+            Call(domains.add, (key, "*.bad.example")),
+            Call(domains.add, (key, "b.example")),
+        ]
+    )
+    assert isinstance(results[1], ServiceError) and results[1].code == 422
+    assert [r.domain for r in svc.read(domains.list_rows)] == ["a.example", "b.example"]
+
+
+def test_audit_records_key_events_with_source(svc: Keychest) -> None:
+    key = svc.call(keys.create, ip="198.51.100.7").key
+    svc.call(accounts.claim, key, "owner@example.org", ip="198.51.100.7")
+    svc.call(domains.add, key, "www.example.net", ip="198.51.100.8")
+    events = [(e.event, e.ip) for e in reversed(svc.read(audit.recent))]
+    assert events == [
+        ("key_created", "198.51.100.7"),
+        ("claim", "198.51.100.7"),
+        ("domain_added", "198.51.100.8"),
+    ]
