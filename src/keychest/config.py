@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from keychest.scan.runner import ScanOptions
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -30,6 +32,15 @@ class LineServerSettings:
 
 
 @dataclass(frozen=True)
+class SchedulerSettings:
+    interval_s: float = 6 * 3600
+    jitter: float = 0.1  # +-10 % of the interval, so endpoints added together drift apart
+    max_in_flight: int = 64  # endpoints being scanned at once by this process
+    idle_poll_s: float = 1.0  # how soon a newly added domain is noticed
+    progress_every_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     db_url: str
     data_dir: Path
@@ -38,3 +49,7 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     limits: Limits = field(default_factory=Limits)
+    scan: ScanOptions = field(default_factory=ScanOptions)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    # Which parts this process runs: all, api (line + HTTP), scanner, mailer.
+    role: str = "all"

@@ -57,3 +57,20 @@ def parse_listen(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`30s`, `15m`, `6h`, `1d`, or plain seconds."""
+    text = text.strip().lower()
+    unit = _UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise click.BadParameter(f"expected a duration like 30s, 15m, 6h or 1d, got {text!r}") from None
+    if value <= 0:
+        raise click.BadParameter("a duration must be positive")
+    return value

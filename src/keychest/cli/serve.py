@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from keychest.cli.options import db_option, env_option, parse_listen, resolve_db_url
-from keychest.config import Limits, LineServerSettings, Settings
+from keychest.cli.options import db_option, env_option, parse_duration, parse_listen, resolve_db_url
+from keychest.config import Limits, LineServerSettings, SchedulerSettings, Settings
+from keychest.scan.runner import ScanOptions
 
 
 def default_mail_domain() -> str:
@@ -26,20 +27,76 @@ def default_mail_domain() -> str:
     default=None,
     help="Placeholder addresses end in @this domain; never mailed. [default: this host's FQDN]",
 )
-@env_option("--keys-per-ip-per-hour", type=int, default=Limits.keys_per_ip_per_hour, show_default=True,
-            help="New API keys one address may ask for in an hour (0: no limit).")
-@env_option("--apikey-burst", type=int, default=Limits.apikey_burst_per_ip, show_default=True,
-            help="New API keys one address may ask for in 10 s before 429 (0: no limit).")
-@env_option("--domains-per-unconfirmed-key", type=int, default=Limits.domains_per_unconfirmed_key,
-            show_default=True, help="Domains a key may add before its email is confirmed (0: no limit).")
-@env_option("--claims-per-email-per-day", type=int, default=Limits.claims_per_email_per_day,
-            show_default=True, help="Claims for one address per day (0: no limit).")
-@env_option("--idle-timeout", type=float, default=LineServerSettings.idle_timeout_s, show_default=True,
-            help="Seconds before an idle line API connection is closed.")
-@env_option("--max-connections", type=int, default=LineServerSettings.max_connections, show_default=True,
-            help="Line API connections at once; more get 503.")
-@env_option("--log-level", default="info", show_default=True,
-            type=click.Choice(["debug", "info", "warning", "error"]))
+@env_option(
+    "--keys-per-ip-per-hour",
+    type=int,
+    default=Limits.keys_per_ip_per_hour,
+    show_default=True,
+    help="New API keys one address may ask for in an hour (0: no limit).",
+)
+@env_option(
+    "--apikey-burst",
+    type=int,
+    default=Limits.apikey_burst_per_ip,
+    show_default=True,
+    help="New API keys one address may ask for in 10 s before 429 (0: no limit).",
+)
+@env_option(
+    "--domains-per-unconfirmed-key",
+    type=int,
+    default=Limits.domains_per_unconfirmed_key,
+    show_default=True,
+    help="Domains a key may add before its email is confirmed (0: no limit).",
+)
+@env_option(
+    "--claims-per-email-per-day",
+    type=int,
+    default=Limits.claims_per_email_per_day,
+    show_default=True,
+    help="Claims for one address per day (0: no limit).",
+)
+@env_option(
+    "--idle-timeout",
+    type=float,
+    default=LineServerSettings.idle_timeout_s,
+    show_default=True,
+    help="Seconds before an idle line API connection is closed.",
+)
+@env_option(
+    "--max-connections",
+    type=int,
+    default=LineServerSettings.max_connections,
+    show_default=True,
+    help="Line API connections at once; more get 503.",
+)
+@env_option(
+    "--role",
+    type=click.Choice(["all", "api", "scanner", "mailer"]),
+    default="all",
+    show_default=True,
+    help="Which parts this process runs (several processes can share one PostgreSQL).",
+)
+@env_option("--scan-interval", default="6h", show_default=True, help="How often each endpoint is scanned.")
+@env_option(
+    "--scan-timeout", type=float, default=10.0, show_default=True, help="Seconds per DNS lookup/handshake."
+)
+@env_option("--scan-concurrency", type=int, default=64, show_default=True, help="Endpoints scanned at once.")
+@env_option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Extra trusted CA certificates (PEM), e.g. a private CA.",
+)
+@env_option("--resolver", default=None, help="DNS server HOST[:PORT] to ask instead of the system resolver.")
+@env_option(
+    "--allow-private-targets",
+    is_flag=True,
+    default=False,
+    help="Scan loopback/private/link-local addresses too (intranet installs, tests).",
+)
+@env_option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
 def serve(
     db_url: str | None,
     data_dir: Path,
@@ -52,14 +109,19 @@ def serve(
     claims_per_email_per_day: int,
     idle_timeout: float,
     max_connections: int,
+    role: str,
+    scan_interval: str,
+    scan_timeout: float,
+    scan_concurrency: int,
+    ca_file: str | None,
+    resolver: str | None,
+    allow_private_targets: bool,
     log_level: str,
 ) -> None:
     """Run the line API, the HTTP server and the background work on one database."""
     from keychest.servers.roles import Process, run_process
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Alembic narrates every plugin it loads at INFO; the migration lines are enough.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     line_host, line_port = parse_listen(line_listen)
@@ -79,5 +141,14 @@ def serve(
             domains_per_unconfirmed_key=domains_per_unconfirmed_key,
             claims_per_email_per_day=claims_per_email_per_day,
         ),
+        scan=ScanOptions(
+            timeout=scan_timeout,
+            ca_file=ca_file,
+            allow_private_targets=allow_private_targets,
+            resolver=resolver,
+            concurrency=max(scan_concurrency * 2, 8),
+        ),
+        scheduler=SchedulerSettings(interval_s=parse_duration(scan_interval), max_in_flight=scan_concurrency),
+        role=role,
     )
     run_process(Process(settings))

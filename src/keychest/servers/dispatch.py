@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from keychest.protocol.line import Request, Response, help_text
 from keychest.servers.ratelimit import SlidingWindow
-from keychest.service import accounts, domains, keys
+from keychest.service import accounts, domains, keys, scans
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Call, Keychest
 
@@ -27,8 +27,6 @@ CLAIM_TEXT = {
 class Dispatcher:
     service: Keychest
     submit_write: Callable[[Call], Awaitable[object]]
-    # Answers `expiration`; None until the scanner is wired in.
-    expiration: Callable[[str, str, str | None], Awaitable[Response]] | None = None
 
     def __post_init__(self) -> None:
         limits = self.service.settings.limits
@@ -64,9 +62,11 @@ class Dispatcher:
             word = "added" if added.created else "already monitored"
             return Response(200, f"{word} {added.domain}")
         if cmd == "expiration":
-            if self.expiration is None:
-                return Response(404, "not scanned yet")
-            return await self.expiration(request.get("apikey"), request.get("domain"), ip)
+            facts = await self._write(
+                scans.expiration_facts, (request.get("apikey"), request.get("domain")), ip
+            )
+            text = "not scanned yet" if facts["state"] == "pending" else "scanned"
+            return Response(200, text, data=" ".join(f"{k}={v}" for k, v in facts.items()))
         return Response(404, "unknown command")
 
     async def _write(self, fn: Callable[..., object], args: tuple[object, ...], ip: str | None):  # type: ignore[no-untyped-def]
@@ -84,4 +84,3 @@ def _is_unavailable(exc: BaseException) -> bool:
     from sqlalchemy.exc import OperationalError
 
     return isinstance(exc, OperationalError)
-

@@ -14,6 +14,7 @@ import uvicorn
 from keychest.config import Settings
 from keychest.servers.dispatch import Dispatcher
 from keychest.servers.line import LineServer, WriteBatcher
+from keychest.servers.scheduler import ScanScheduler
 from keychest.service.facade import Keychest
 from keychest.store.db import Database, upgrade
 from keychest.web.app import create_app
@@ -22,6 +23,24 @@ log = logging.getLogger("keychest.serve")
 
 # A part of the process that runs until cancelled (scanner, mailer, ...); each gets the service.
 Part = Callable[[Keychest], Awaitable[None]]
+
+
+ROLES = ("all", "api", "scanner", "mailer")
+
+
+async def run_scanner(service: Keychest) -> None:
+    settings = service.settings
+    await ScanScheduler(service, settings.scheduler, settings.scan).run()
+
+
+# The background parts each role runs besides (or instead of) the API servers.
+BACKGROUND_PARTS: dict[str, list[Part]] = {"scanner": [run_scanner], "mailer": []}
+
+
+def parts_for(role: str) -> list[Part]:
+    if role == "all":
+        return [part for parts in BACKGROUND_PARTS.values() for part in parts]
+    return list(BACKGROUND_PARTS.get(role, []))
 
 
 @dataclass
@@ -33,6 +52,10 @@ class Process:
         db = Database(self.settings.db_url)
         upgrade(db)
         service = Keychest(db, self.settings)
+        if self.settings.role not in ("all", "api"):
+            await self._run_background(service, parts_for(self.settings.role) + self.extra_parts)
+            db.dispose()
+            return
         batcher = WriteBatcher(service)
         batcher.start()
         dispatcher = Dispatcher(service, batcher.submit)
@@ -54,8 +77,10 @@ class Process:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         tasks = [asyncio.create_task(http.serve(), name="http")]
-        tasks += [asyncio.create_task(part(service), name=getattr(part, "__name__", "part"))
-                  for part in self.extra_parts]
+        background = (parts_for(self.settings.role) if self.settings.role == "all" else []) + self.extra_parts
+        tasks += [
+            asyncio.create_task(part(service), name=getattr(part, "__name__", "part")) for part in background
+        ]
         log.info("keychest serving; database %s", db.engine.url.render_as_string(hide_password=True))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -72,6 +97,20 @@ class Process:
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
         await batcher.stop()
         db.dispose()
+
+    async def _run_background(self, service: Keychest, parts: list[Part]) -> None:
+        """A scanner or mailer process: no listeners, only its background work."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(part(service), name=getattr(part, "__name__", "part")) for part in parts]
+        log.info("keychest %s running", self.settings.role)
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def run_process(process: Process) -> None:

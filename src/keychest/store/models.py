@@ -75,6 +75,14 @@ class Endpoint(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     # When the scanner should look next; NULL never happens for a live endpoint.
     next_scan_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_scan_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Worst state over the addresses after the last scan; NULL: not scanned yet.
+    last_state: Mapped[str | None] = mapped_column(String(16))
+    # Consecutive failed scans: the back-off grows with it.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A scanner's claim on this endpoint; another may take it over once lease_until passed.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (
         UniqueConstraint("host", "port", name="uq_endpoints_host_port"),
@@ -134,3 +142,83 @@ class OutboxMail(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_outbox_state_next", "state", "next_attempt_at"),)
+
+
+class Certificate(Base):
+    """A certificate seen by the scanner, once per SHA-256, with the facts we search by."""
+
+    __tablename__ = "certificates"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    subject: Mapped[str] = mapped_column(Text)
+    issuer: Mapped[str] = mapped_column(Text)
+    issuer_name: Mapped[str] = mapped_column(String(300))
+    not_before: Mapped[datetime] = mapped_column(DateTime)
+    not_after: Mapped[datetime] = mapped_column(DateTime, index=True)
+    subject_alt_names: Mapped[list] = mapped_column(JSON, default=list)
+    key_type: Mapped[str] = mapped_column(String(16))
+    key_bits: Mapped[int] = mapped_column(Integer)
+    signature_algorithm: Mapped[str] = mapped_column(String(64))
+    is_lets_encrypt: Mapped[bool] = mapped_column(Boolean, default=False)
+    self_signed: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_ca: Mapped[bool] = mapped_column(Boolean, default=False)
+    pem: Mapped[str] = mapped_column(Text)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class AddressState(Base):
+    """The latest result for one (endpoint, address): what the dashboard and alerts read."""
+
+    __tablename__ = "address_states"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id"))
+    # "" when the name did not resolve (the error is then about the name, not an address)
+    ip: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # ok, warning, critical, error
+    certificate_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))
+    chain: Mapped[list] = mapped_column(JSON, default=list)  # sha256 of each sent certificate
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    trusted: Mapped[bool | None] = mapped_column(Boolean)
+    hostname_ok: Mapped[bool | None] = mapped_column(Boolean)
+    problems: Mapped[list] = mapped_column(JSON, default=list)  # [{code, severity, message}]
+    # Since when this address has shown this certificate (or this error).
+    since: Mapped[datetime] = mapped_column(DateTime)
+    last_scan_at: Mapped[datetime] = mapped_column(DateTime)
+    scan_seconds: Mapped[float | None] = mapped_column()
+
+    __table_args__ = (UniqueConstraint("endpoint_id", "ip", name="uq_address_states_endpoint_ip"),)
+
+
+class ScanChange(Base):
+    """History: a row only when an address changes (new certificate, new error, recovered)."""
+
+    __tablename__ = "scan_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id"))
+    ip: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime)
+    # first_seen, new_certificate, error, error_changed, recovered, address_gone
+    change: Mapped[str] = mapped_column(String(24))
+    certificate_id: Mapped[int | None] = mapped_column(BigInteger)
+    previous_certificate_id: Mapped[int | None] = mapped_column(BigInteger)
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_scan_changes_endpoint_at", "endpoint_id", "at"),
+        Index("ix_scan_changes_at", "at"),
+    )
+
+
+class ServerSecret(Base):
+    """Secrets every process of one installation shares (cookie signing), made on first use."""
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime)

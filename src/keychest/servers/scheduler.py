@@ -1,0 +1,122 @@
+"""The scan loop inside `keychest serve`: lease what is due, scan it, store the results.
+
+Leases make it safe to run several of these against one PostgreSQL (see service.scans).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from keychest.config import SchedulerSettings
+from keychest.scan.runner import Scanner, ScanOptions
+from keychest.scan.targets import Endpoint
+from keychest.service import scans
+from keychest.service.facade import Keychest
+
+log = logging.getLogger("keychest.scheduler")
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class ScanScheduler:
+    def __init__(self, service: Keychest, settings: SchedulerSettings, options: ScanOptions) -> None:
+        self.service = service
+        self.settings = settings
+        self.options = options
+        self.owner = owner_id()
+        # Leases and results go through one thread: SQLite has one writer anyway.
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="keychest-scan-db")
+        self.counts: Counter[str] = Counter()
+        self._last_progress = time.monotonic()
+        self.on_recorded: list = []  # callbacks (endpoint, results) for metrics
+
+    @property
+    def lease_s(self) -> float:
+        # Long enough for a scan of every address with all its time-outs, with room to spare.
+        return self.options.timeout * 4 + 60
+
+    async def _db_call(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._db, functools.partial(self.service.call, functools.partial(fn, **kwargs), *args)
+        )
+
+    async def run(self) -> None:
+        scanner = Scanner(self.options)
+        in_flight: set[asyncio.Task[None]] = set()
+        log.info(
+            "scanner %s: every %gs, up to %d endpoints at once",
+            self.owner,
+            self.settings.interval_s,
+            self.settings.max_in_flight,
+        )
+        try:
+            while True:
+                room = self.settings.max_in_flight - len(in_flight)
+                due = []
+                if room > 0:
+                    due = await self._db_call(
+                        scans.lease_due, owner=self.owner, limit=room, lease_s=self.lease_s
+                    )
+                for item in due:
+                    task = asyncio.create_task(self._scan_one(scanner, item))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                self._progress(len(in_flight))
+                if not due or room <= 0:
+                    waiters = list(in_flight)
+                    if waiters:
+                        await asyncio.wait(
+                            waiters, timeout=self.settings.idle_poll_s, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    else:
+                        await asyncio.sleep(self.settings.idle_poll_s)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            self._db.shutdown(wait=False, cancel_futures=True)
+
+    async def _scan_one(self, scanner: Scanner, item: scans.DueEndpoint) -> None:
+        try:
+            results = await scanner.scan_endpoint(Endpoint(item.host, item.port))
+            recorded = await self._db_call(
+                scans.record,
+                item.id,
+                results,
+                interval_s=self.settings.interval_s,
+                jitter=random.uniform(-self.settings.jitter, self.settings.jitter),
+                owner=self.owner,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The lease runs out and the endpoint comes due again: nothing is lost.
+            log.exception("scan of %s:%d failed", item.host, item.port)
+            self.counts["failed"] += 1
+            return
+        self.counts["scanned"] += 1
+        self.counts[recorded.state] += 1
+        for change in recorded.changes:
+            self.counts[f"change:{change}"] += 1
+        for callback in self.on_recorded:
+            callback(item, results)
+
+    def _progress(self, in_flight: int) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < self.settings.progress_every_s:
+            return
+        self._last_progress = now
+        if self.counts or in_flight:
+            summary = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+            log.info("scanner progress: in flight %d; since start %s", in_flight, summary or "nothing")

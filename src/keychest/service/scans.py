@@ -1,0 +1,316 @@
+"""Scan results: what is due, storing what the scanner saw, history, and reading it back.
+
+The scanner itself (``keychest.scan``) knows nothing of the database; the scheduler leases
+due endpoints here, scans them, and hands the results back to :func:`record`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from keychest.scan.judge import CertFacts
+from keychest.scan.runner import AddressResult
+from keychest.service import domains, errors, keys
+from keychest.service.context import Ctx
+from keychest.store.models import AddressState, ApiKey, Certificate, Endpoint, ScanChange, Watch
+
+STATE_ORDER = {"ok": 0, "warning": 1, "critical": 2, "error": 3}
+MAX_BACKOFF_FACTOR = 8
+
+
+@dataclass(frozen=True)
+class DueEndpoint:
+    id: int
+    host: str
+    port: int
+
+
+def _naive(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def lease_due(ctx: Ctx, *, owner: str, limit: int, lease_s: float) -> list[DueEndpoint]:
+    """Claim up to ``limit`` endpoints that are due, for ``lease_s`` seconds.
+
+    The lease moves next_scan_at forward, so the one index on next_scan_at answers both
+    "what is due" and "whose lease ran out": an endpoint whose scanner died comes due again
+    when its lease ends. On PostgreSQL, SKIP LOCKED lets many scanners lease side by side.
+    """
+    until = ctx.now + timedelta(seconds=lease_s)
+    rows = ctx.session.execute(
+        select(Endpoint.id, Endpoint.host, Endpoint.port)
+        .where(Endpoint.next_scan_at <= ctx.now)
+        .order_by(Endpoint.next_scan_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not rows:
+        return []
+    ctx.session.execute(
+        update(Endpoint)
+        .where(Endpoint.id.in_([r.id for r in rows]))
+        .values(lease_owner=owner, lease_until=until, next_scan_at=until)
+    )
+    return [DueEndpoint(r.id, r.host, r.port) for r in rows]
+
+
+def next_due_at(ctx: Ctx) -> datetime | None:
+    return ctx.session.scalar(select(Endpoint.next_scan_at).order_by(Endpoint.next_scan_at).limit(1))
+
+
+def _certificate_id(ctx: Ctx, facts: CertFacts, cache: dict[str, int]) -> int:
+    if facts.sha256 in cache:
+        return cache[facts.sha256]
+    found = ctx.session.scalar(select(Certificate.id).where(Certificate.sha256 == facts.sha256))
+    if found is None:
+        values = {
+            "sha256": facts.sha256,
+            "subject": facts.subject,
+            "issuer": facts.issuer,
+            "issuer_name": facts.issuer_name[:300],
+            "not_before": _naive(facts.not_before),
+            "not_after": _naive(facts.not_after),
+            "subject_alt_names": list(facts.subject_alt_names),
+            "key_type": facts.key_type,
+            "key_bits": facts.key_bits,
+            "signature_algorithm": facts.signature_algorithm,
+            "is_lets_encrypt": facts.is_lets_encrypt,
+            "self_signed": facts.self_signed,
+            "is_ca": facts.is_ca,
+            "pem": facts.pem,
+            "first_seen_at": ctx.now,
+        }
+        try:
+            with ctx.session.begin_nested():
+                found = ctx.session.execute(
+                    insert(Certificate).values(**values).returning(Certificate.id)
+                ).scalar_one()
+        except IntegrityError:  # another scanner stored it first
+            found = ctx.session.execute(
+                select(Certificate.id).where(Certificate.sha256 == facts.sha256)
+            ).scalar_one()
+    cache[facts.sha256] = found
+    return found
+
+
+@dataclass(frozen=True)
+class Recorded:
+    endpoint_id: int
+    state: str
+    changes: tuple[str, ...]
+
+
+def _change(previous: AddressState | None, cert_id: int | None, error_kind: str | None) -> str | None:
+    """What kind of history row, if any, this observation makes."""
+    if previous is None:
+        return "first_seen"
+    if error_kind is not None:
+        if previous.error_kind is None:
+            return "error"
+        return "error_changed" if previous.error_kind != error_kind else None
+    if previous.error_kind is not None:
+        return "recovered"
+    return "new_certificate" if previous.certificate_id != cert_id else None
+
+
+def record(
+    ctx: Ctx,
+    endpoint_id: int,
+    results: Sequence[AddressResult],
+    *,
+    interval_s: float,
+    jitter: float = 0.0,
+    owner: str | None = None,
+) -> Recorded:
+    """Store one endpoint's scan: latest state per address, history on change, next due time.
+
+    ``jitter`` is a fraction (e.g. -0.1..0.1) the caller draws, so this stays deterministic.
+    """
+    previous = {
+        row.ip: row
+        for row in ctx.session.scalars(select(AddressState).where(AddressState.endpoint_id == endpoint_id))
+    }
+    cache: dict[str, int] = {}
+    changes: list[str] = []
+    worst = "ok"
+    seen: set[str] = set()
+    for result in results:
+        ip = result.ip or ""
+        seen.add(ip)
+        chain_ids = [_certificate_id(ctx, facts, cache) for facts in result.chain]
+        cert_id = chain_ids[0] if chain_ids else None
+        error_kind = str(result.error.kind) if result.error is not None else None
+        state = str(result.state)
+        worst = state if STATE_ORDER.get(state, 3) > STATE_ORDER[worst] else worst
+        verdict = result.verdict
+        old = previous.get(ip)
+        change = _change(old, cert_id, error_kind)
+        values = {
+            "state": state,
+            "certificate_id": cert_id,
+            "chain": [facts.sha256 for facts in result.chain],
+            "error_kind": error_kind,
+            "error": result.error.message if result.error is not None else None,
+            "trusted": verdict.trusted if verdict else None,
+            "hostname_ok": verdict.hostname_ok if verdict else None,
+            "problems": [
+                {"code": p.code, "severity": p.severity.name.lower(), "message": p.message}
+                for p in (verdict.problems if verdict else ())
+            ],
+            "last_scan_at": ctx.now,
+            "scan_seconds": result.elapsed,
+        }
+        if old is None:
+            ctx.session.execute(
+                insert(AddressState).values(endpoint_id=endpoint_id, ip=ip, since=ctx.now, **values)
+            )
+        else:
+            if change is not None:
+                values["since"] = ctx.now
+            ctx.session.execute(update(AddressState).where(AddressState.id == old.id).values(**values))
+        if change is not None:
+            changes.append(change)
+            ctx.session.execute(
+                insert(ScanChange).values(
+                    endpoint_id=endpoint_id,
+                    ip=ip,
+                    at=ctx.now,
+                    change=change,
+                    certificate_id=cert_id,
+                    previous_certificate_id=old.certificate_id if old is not None else None,
+                    error_kind=error_kind,
+                    error=values["error"],
+                )
+            )
+    for ip, old in previous.items():
+        if ip not in seen:
+            changes.append("address_gone")
+            ctx.session.execute(delete(AddressState).where(AddressState.id == old.id))
+            ctx.session.execute(
+                insert(ScanChange).values(
+                    endpoint_id=endpoint_id,
+                    ip=ip,
+                    at=ctx.now,
+                    change="address_gone",
+                    previous_certificate_id=old.certificate_id,
+                )
+            )
+    failed = bool(results) and all(r.error is not None for r in results)
+    endpoint = ctx.session.get(Endpoint, endpoint_id)
+    if endpoint is None:  # removed while it was being scanned
+        return Recorded(endpoint_id, worst, tuple(changes))
+    failures = endpoint.failures + 1 if failed else 0
+    factor = min(2 ** (failures - 1), MAX_BACKOFF_FACTOR) if failures else 1
+    delay = interval_s * factor * (1 + jitter)
+    if owner is None or endpoint.lease_owner in (owner, None):
+        endpoint.next_scan_at = ctx.now + timedelta(seconds=delay)
+    endpoint.last_scan_at = ctx.now
+    endpoint.last_state = worst
+    endpoint.failures = failures
+    endpoint.lease_owner = None
+    endpoint.lease_until = None
+    return Recorded(endpoint_id, worst, tuple(changes))
+
+
+# --- reading back ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddressView:
+    ip: str
+    state: str
+    error_kind: str | None
+    error: str | None
+    sha256: str | None
+    not_before: datetime | None
+    not_after: datetime | None
+    issuer: str | None
+    is_lets_encrypt: bool | None
+    trusted: bool | None
+    hostname_ok: bool | None
+    problems: list[dict]
+    since: datetime
+    last_scan_at: datetime
+
+
+def address_views(ctx: Ctx, endpoint_id: int) -> list[AddressView]:
+    rows = ctx.session.execute(
+        select(AddressState, Certificate)
+        .outerjoin(Certificate, Certificate.id == AddressState.certificate_id)
+        .where(AddressState.endpoint_id == endpoint_id)
+        .order_by(AddressState.ip)
+    ).all()
+    return [
+        AddressView(
+            state.ip,
+            state.state,
+            state.error_kind,
+            state.error,
+            cert.sha256 if cert else None,
+            cert.not_before if cert else None,
+            cert.not_after if cert else None,
+            cert.issuer_name if cert else None,
+            cert.is_lets_encrypt if cert else None,
+            state.trusted,
+            state.hostname_ok,
+            list(state.problems or []),
+            state.since,
+            state.last_scan_at,
+        )
+        for state, cert in rows
+    ]
+
+
+def _owned_endpoint(ctx: Ctx, raw_key: str, domain_text: str) -> Endpoint:
+    """The endpoint, if the key (or the key's account, once approved) registered it."""
+    key = keys.use(ctx, raw_key)
+    name = domains.parse_domain(domain_text)
+    endpoint = ctx.session.scalar(
+        select(Endpoint).where(Endpoint.host == name.host, Endpoint.port == name.port)
+    )
+    if endpoint is None:
+        raise errors.not_found(f"{name} is not registered for this key")
+    owners = select(Watch.id).where(Watch.endpoint_id == endpoint.id)
+    if key.account_id is not None and key.state == "active":
+        owners = owners.join(ApiKey, ApiKey.id == Watch.api_key_id).where(
+            (ApiKey.account_id == key.account_id) & (ApiKey.state == "active") | (Watch.api_key_id == key.id)
+        )
+    else:
+        owners = owners.where(Watch.api_key_id == key.id)
+    if ctx.session.scalar(owners.limit(1)) is None:
+        raise errors.not_found(f"{name} is not registered for this key")
+    return endpoint
+
+
+def expiration_facts(ctx: Ctx, raw_key: str, domain_text: str) -> dict[str, str]:
+    """The line API's `expiration`: key=value facts from the stored results."""
+    endpoint = _owned_endpoint(ctx, raw_key, domain_text)
+    views = address_views(ctx, endpoint.id)
+    if endpoint.last_scan_at is None or not views:
+        return {"state": "pending", "addresses": "0"}
+    certs = [v for v in views if v.not_after is not None]
+    facts: dict[str, str] = {
+        "state": endpoint.last_state or "pending",
+        "addresses": str(len([v for v in views if v.ip])),
+    }
+    if certs:
+        earliest = min(certs, key=lambda v: v.not_after or datetime.max)
+        assert earliest.not_after is not None
+        left = (earliest.not_after - ctx.now).total_seconds() // 86400
+        facts["not_after"] = earliest.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+        facts["days_left"] = str(int(left))
+        facts["sha256"] = earliest.sha256 or ""
+        facts["certificates"] = str(len({v.sha256 for v in certs}))
+        facts["lets_encrypt"] = "yes" if earliest.is_lets_encrypt else "no"
+        facts["trusted"] = "yes" if all(v.trusted for v in certs) else "no"
+        facts["hostname_ok"] = "yes" if all(v.hostname_ok for v in certs) else "no"
+    errors_seen = sorted({v.error_kind for v in views if v.error_kind})
+    if errors_seen:
+        facts["errors"] = ",".join(errors_seen)
+    facts["last_scan"] = endpoint.last_scan_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return facts
