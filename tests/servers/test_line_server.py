@@ -83,9 +83,10 @@ echo "$(dd bs=1000 count=1 <&3 2>/dev/null)"
 
 def test_many_requests_on_one_connection_answered_in_order(live_server: LiveServer) -> None:
     key = new_key(live_server)
-    lines = b"".join(
-        f"command add apikey {key} domain d{i}.example\n".encode() for i in range(50)
-    ) + b"command ping\n"
+    lines = (
+        b"".join(f"command add apikey {key} domain d{i}.example\n".encode() for i in range(50))
+        + b"command ping\n"
+    )
     got = raw_exchange(live_server.line_port, lines, replies=51)
     statuses = got.decode().splitlines()
     assert statuses[:50] == [f"status ok 200 added d{i}.example" for i in range(50)]

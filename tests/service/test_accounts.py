@@ -33,7 +33,9 @@ def clock() -> Clock:
 def make_service(db_url: str, clock: Clock, **limits: int) -> Keychest:
     db = Database(db_url)
     upgrade(db)
-    settings = Settings(db_url=db_url, data_dir=Path("."), mail_domain="keychest.test", limits=Limits(**limits))
+    settings = Settings(
+        db_url=db_url, data_dir=Path("."), mail_domain="keychest.test", limits=Limits(**limits)
+    )
     return Keychest(db, settings, clock)
 
 
