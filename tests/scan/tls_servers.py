@@ -244,6 +244,8 @@ class TestServers:
         self._tmp = tempfile.TemporaryDirectory(prefix="keychest-tls-")
         self._files = 0
         self.hosts = LOOPBACKS if ipv6_available() else LOOPBACKS[:1]
+        # Per port: connections open now, the most at once, and in all (TLS: after the handshake).
+        self.connections: dict[int, dict[str, int]] = {}
 
     def server_context(self, chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
         self._files += 1
@@ -260,10 +262,20 @@ class TestServers:
     def _listen(self, handler: Any, hosts: Iterable[str] | None, port: int | None, **kwargs: Any) -> int:
         hosts = list(hosts or self.hosts)
         port = port or free_port(hosts)
+        counts = self.connections.setdefault(port, {"now": 0, "max": 0, "total": 0})
+
+        async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            counts["now"] += 1
+            counts["total"] += 1
+            counts["max"] = max(counts["max"], counts["now"])
+            try:
+                await handler(reader, writer)
+            finally:
+                counts["now"] -= 1
 
         async def start() -> None:
             for host in hosts:
-                server = await asyncio.start_server(handler, host, port, reuse_address=True, **kwargs)
+                server = await asyncio.start_server(counted, host, port, reuse_address=True, **kwargs)
                 self._servers.append(server)
 
         self._loop.call(start())

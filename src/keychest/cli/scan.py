@@ -198,7 +198,8 @@ def scan(
     else:
         from rich.console import Console
 
-        Console(soft_wrap=False).print(render_table(results))
+        # Piped (cron mail, CI logs): rich would assume 80 columns and fold every cell.
+        Console(width=None if sys.stdout.isatty() else 160).print(render_table(results))
     sys.exit(exit_status(results))
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
@@ -87,11 +89,22 @@ class _HandshakeProtocol(asyncio.Protocol):
         self.prefix = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._step()
+        # uvloop's transports are not asyncio.Transport subclasses, but behave like one.
+        self.transport = cast(asyncio.Transport, transport)
+        self._guarded(self._step)
 
     def data_received(self, data: bytes) -> None:
+        self._guarded(self._received, data)
+
+    def _guarded(self, step: Callable[..., None], *args: bytes) -> None:
+        # Whatever goes wrong in a callback must end this probe now; an exception escaping
+        # into the event loop would only be logged and leave the probe to its time-out.
+        try:
+            step(*args)
+        except Exception as exc:
+            self._fail(ScanFailure(ErrorKind.HANDSHAKE, f"handshake aborted: {type(exc).__name__}: {exc}"))
+
+    def _received(self, data: bytes) -> None:
         if self.done.done():
             return
         self.bytes_read += len(data)
@@ -197,6 +210,7 @@ class TLSClient:
                 transport, _ = await loop.create_connection(lambda: protocol, target.ip, target.port)
                 phase = "handshake"
                 await done
+                phase = "done"
         except TimeoutError:
             what = "TCP connect" if phase == "connect" else "TLS handshake"
             return result(ScanError(ErrorKind.TIMEOUT, f"{what} did not finish within {self.timeout:g}s"))
@@ -208,7 +222,9 @@ class TLSClient:
             kind = ErrorKind.REFUSED if exc.errno == errno.ECONNREFUSED else ErrorKind.UNREACHABLE
             return result(ScanError(kind, f"cannot connect: {exc.strerror or exc}"))
         finally:
-            if transport is not None and not transport.is_closing() and not done.done():
+            # On any failure (a time-out cancels `done` too, so its state tells nothing) the
+            # socket must go now, not when the server finally gives up.
+            if transport is not None and phase != "done" and not transport.is_closing():
                 transport.abort()
 
         assert transport is not None
