@@ -41,6 +41,18 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True)
+class MailSettings:
+    smtp_host: str | None = None  # None: mails stay queued in the outbox until SMTP is configured
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: str | None = None  # read from --smtp-password-file, never from a flag
+    smtp_starttls: bool = False
+    mail_from: str = "keychest@localhost"
+    # Where links in mails point: the dashboard's address as users reach it.
+    public_url: str = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
 class Settings:
     db_url: str
     data_dir: Path
@@ -51,5 +63,6 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     scan: ScanOptions = field(default_factory=ScanOptions)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    mail: MailSettings = field(default_factory=MailSettings)
     # Which parts this process runs: all, api (line + HTTP), scanner, mailer.
     role: str = "all"

@@ -9,13 +9,37 @@ from pathlib import Path
 import click
 
 from keychest.cli.options import db_option, env_option, parse_duration, parse_listen, resolve_db_url
-from keychest.config import Limits, LineServerSettings, SchedulerSettings, Settings
+from keychest.config import Limits, LineServerSettings, MailSettings, SchedulerSettings, Settings
 from keychest.scan.runner import ScanOptions
 
 
 def default_mail_domain() -> str:
     fqdn = socket.getfqdn()
     return fqdn if "." in fqdn and not fqdn.endswith(".localdomain") else "keychest.invalid"
+
+
+def mail_settings(
+    smtp: str | None,
+    user: str | None,
+    password_file: str | None,
+    starttls: bool,
+    mail_from: str | None,
+    public_url: str | None,
+    mail_domain: str,
+    default_public_url: str,
+) -> MailSettings:
+    """The mail flags shared by `serve` and `report weekly`."""
+    host, port = parse_listen(smtp, "127.0.0.1") if smtp else (None, 25)
+    password = Path(password_file).read_text().strip() if password_file else None
+    return MailSettings(
+        smtp_host=host,
+        smtp_port=port,
+        smtp_user=user,
+        smtp_password=password,
+        smtp_starttls=starttls,
+        mail_from=mail_from or f"keychest@{mail_domain}",
+        public_url=(public_url or default_public_url).rstrip("/"),
+    )
 
 
 @click.command()
@@ -116,6 +140,12 @@ def serve(
     ca_file: str | None,
     resolver: str | None,
     allow_private_targets: bool,
+    smtp: str | None,
+    smtp_user: str | None,
+    smtp_password_file: str | None,
+    smtp_starttls: bool,
+    mail_from: str | None,
+    public_url: str | None,
     log_level: str,
 ) -> None:
     """Run the line API, the HTTP server and the background work on one database."""
@@ -124,12 +154,13 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Alembic narrates every plugin it loads at INFO; the migration lines are enough.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    mail_domain_value = (mail_domain or default_mail_domain()).lower().rstrip(".")
     line_host, line_port = parse_listen(line_listen)
     http_host, http_port = parse_listen(http_listen, "127.0.0.1")
     settings = Settings(
         db_url=resolve_db_url(db_url, data_dir),
         data_dir=data_dir,
-        mail_domain=(mail_domain or default_mail_domain()).lower().rstrip("."),
+        mail_domain=mail_domain_value,
         line=LineServerSettings(
             host=line_host, port=line_port, idle_timeout_s=idle_timeout, max_connections=max_connections
         ),
@@ -150,5 +181,15 @@ def serve(
         ),
         scheduler=SchedulerSettings(interval_s=parse_duration(scan_interval), max_in_flight=scan_concurrency),
         role=role,
+        mail=mail_settings(
+            smtp,
+            smtp_user,
+            smtp_password_file,
+            smtp_starttls,
+            mail_from,
+            public_url,
+            mail_domain_value,
+            f"http://{http_host}:{http_port}",
+        ),
     )
     run_process(Process(settings))

@@ -17,7 +17,7 @@ from keychest.servers.line import LineServer, WriteBatcher
 from keychest.servers.scheduler import ScanScheduler
 from keychest.service.facade import Keychest
 from keychest.store.db import Database, upgrade
-from keychest.web.app import create_app
+from keychest.web.app import create_app, optional_module
 
 log = logging.getLogger("keychest.serve")
 
@@ -30,17 +30,25 @@ ROLES = ("all", "api", "scanner", "mailer")
 
 async def run_scanner(service: Keychest) -> None:
     settings = service.settings
-    await ScanScheduler(service, settings.scheduler, settings.scan).run()
+    scheduler = ScanScheduler(service, settings.scheduler, settings.scan)
+    metrics = optional_module("keychest.web.metrics")
+    if metrics is not None:
+        scheduler.on_recorded.append(metrics.observe_scan)
+    await scheduler.run()
 
 
-# The background parts each role runs besides (or instead of) the API servers.
-BACKGROUND_PARTS: dict[str, list[Part]] = {"scanner": [run_scanner], "mailer": []}
+def mailer_parts() -> list[Part]:
+    """The mail side (outbox sender, alerts, weekly reports), from keychest.notify.parts."""
+    module = optional_module("keychest.notify.parts")
+    return list(module.MAILER_PARTS) if module is not None else []
 
 
 def parts_for(role: str) -> list[Part]:
+    """The background parts each role runs besides (or instead of) the API servers."""
+    scanner: list[Part] = [run_scanner]
     if role == "all":
-        return [part for parts in BACKGROUND_PARTS.values() for part in parts]
-    return list(BACKGROUND_PARTS.get(role, []))
+        return scanner + mailer_parts()
+    return {"scanner": scanner, "mailer": mailer_parts()}.get(role, [])
 
 
 @dataclass
@@ -60,6 +68,9 @@ class Process:
         batcher.start()
         dispatcher = Dispatcher(service, batcher.submit)
         line = LineServer(self.settings.line, dispatcher)
+        metrics = optional_module("keychest.web.metrics")
+        if metrics is not None:
+            line.on_response = metrics.observe_line
         await line.start()
         app = create_app(service)
         http = uvicorn.Server(

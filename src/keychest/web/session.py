@@ -1,0 +1,63 @@
+"""Signed-cookie sessions for the dashboard: no passwords, signed in by mailed links.
+
+The cookie holds only the account id and a timestamp, signed with the installation's
+secret (service.secrets), HttpOnly and SameSite=Lax. CSRF tokens for forms derive from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from fastapi import Request, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from keychest.service import secrets
+from keychest.service.facade import Keychest
+
+COOKIE = "keychest_session"
+MAX_AGE_S = 30 * 86400
+
+
+def _serializer(service: Keychest) -> URLSafeTimedSerializer:
+    cached = getattr(service, "_session_serializer", None)
+    if cached is None:
+        secret = service.call(secrets.get_or_create, "session")
+        cached = URLSafeTimedSerializer(secret, salt="keychest-session")
+        service._session_serializer = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def sign_in(service: Keychest, response: Response, account_id: int, *, secure: bool = False) -> None:
+    token = _serializer(service).dumps({"account": account_id})
+    response.set_cookie(
+        COOKIE, token, max_age=MAX_AGE_S, httponly=True, samesite="lax", secure=secure, path="/"
+    )
+
+
+def sign_out(response: Response) -> None:
+    response.delete_cookie(COOKIE, path="/")
+
+
+def current_account_id(service: Keychest, request: Request) -> int | None:
+    token = request.cookies.get(COOKIE)
+    if not token:
+        return None
+    try:
+        data = _serializer(service).loads(token, max_age=MAX_AGE_S)
+    except BadSignature:
+        return None
+    account = data.get("account") if isinstance(data, dict) else None
+    return account if isinstance(account, int) else None
+
+
+def csrf_token(service: Keychest, request: Request) -> str:
+    """A per-session token for forms: an attacker's page cannot read the cookie to make it."""
+    cookie = request.cookies.get(COOKIE, "")
+    secret = _serializer(service).secret_key
+    key = secret if isinstance(secret, bytes) else str(secret).encode()
+    return hmac.new(key, b"csrf:" + cookie.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def csrf_ok(service: Keychest, request: Request, submitted: str | None) -> bool:
+    return bool(submitted) and hmac.compare_digest(csrf_token(service, request), submitted or "")
