@@ -119,6 +119,23 @@ def mail_settings(
     help="Scan loopback/private/link-local addresses too (intranet installs, tests).",
 )
 @env_option(
+    "--smtp", default=None, help="SMTP server HOST:PORT for outgoing mail (unset: mails stay queued)."
+)
+@env_option("--smtp-user", default=None, help="SMTP user name.")
+@env_option(
+    "--smtp-password-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="File holding the SMTP password (kept out of the process list).",
+)
+@env_option("--smtp-starttls", is_flag=True, default=False, help="Use STARTTLS with the SMTP server.")
+@env_option("--mail-from", default=None, help="From: address of every mail. [default: keychest@MAIL-DOMAIN]")
+@env_option(
+    "--public-url",
+    default=None,
+    help="The dashboard's address as users reach it, for links in mails. [default: http://HTTP-LISTEN]",
+)
+@env_option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )
 def serve(
