@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 
+from keychest.scan.targets import parse_ip
+
 
 def blocked_reason(ip: str) -> str | None:
     """Why `ip` must not be scanned unless private targets are allowed, or None if it may be."""
-    address = ipaddress.ip_address(ip)
+    address = parse_ip(ip)
+    if address is None:
+        raise ValueError(f"not an IP address: {ip!r}")
     if isinstance(address, ipaddress.IPv6Address):
         # ::ffff:127.0.0.1 reaches 127.0.0.1; judge the IPv4 address it really is.
         mapped = address.ipv4_mapped or address.sixtofour

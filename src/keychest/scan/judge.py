@@ -7,8 +7,8 @@ trusted? right name? weak?) is decided here, so it can be tested with made-up ch
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import ipaddress
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,9 +20,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 from OpenSSL import crypto
+
+from keychest.scan.targets import parse_ip
 
 # Browsers and OpenSSL's default security level refuse these; a server using them is broken
 # for most clients even when the certificate is otherwise fine.
@@ -179,8 +180,18 @@ def cert_facts(der: bytes) -> CertFacts:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _ca_facts(der: bytes) -> CertFacts:
+    return cert_facts(der)
+
+
 def chain_facts(chain: Iterable[bytes]) -> tuple[CertFacts, ...]:
-    return tuple(cert_facts(der) for der in chain)
+    """Facts of a chain, leaf first. The same few intermediates and roots sit behind most
+    leaves, so their facts are remembered; leaves are parsed afresh each time."""
+    facts: list[CertFacts] = []
+    for position, der in enumerate(chain):
+        facts.append(cert_facts(der) if position == 0 else _ca_facts(der))
+    return tuple(facts)
 
 
 # --- trust ---------------------------------------------------------------------------------
@@ -226,16 +237,16 @@ class TrustStore:
         """Is there a path from chain[0] to an anchor, using chain[1:] as intermediates?"""
         if not chain:
             return TrustResult(False, "no certificate", ())
-        leaf = crypto.X509.from_cryptography(x509.load_der_x509_certificate(chain[0]))
-        untrusted = [crypto.X509.from_cryptography(x509.load_der_x509_certificate(der)) for der in chain[1:]]
+        try:
+            leaf, *untrusted = [crypto.load_certificate(crypto.FILETYPE_ASN1, der) for der in chain]
+        except crypto.Error as exc:
+            return TrustResult(False, f"unreadable certificate: {exc}", ())
         context = crypto.X509StoreContext(self._store, leaf, untrusted)
         try:
             path = context.get_verified_chain()
         except crypto.X509StoreContextError as exc:
             return TrustResult(False, _explain_verify_error(exc, len(chain)), ())
-        return TrustResult(
-            True, None, tuple(cert.to_cryptography().public_bytes(Encoding.DER) for cert in path)
-        )
+        return TrustResult(True, None, tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in path))
 
 
 def _explain_verify_error(exc: crypto.X509StoreContextError, chain_length: int) -> str:
@@ -316,12 +327,9 @@ def hostname_matches(hostname: str, dns_names: Iterable[str], ip_addresses: Iter
     A wildcard is accepted only as the whole left-most label and matches exactly one
     label: `*.example.com` matches `a.example.com`, not `example.com` or `a.b.example.com`.
     """
-    try:
-        address = ipaddress.ip_address(hostname)
-    except ValueError:
-        address = None
+    address = parse_ip(hostname)
     if address is not None:
-        return any(ipaddress.ip_address(ip) == address for ip in ip_addresses)
+        return any(parse_ip(ip) == address for ip in ip_addresses)
     host = _normalise_dns(hostname)
     host_first, _, host_rest = host.partition(".")
     for name in dns_names:
@@ -388,7 +396,7 @@ def judge(
 
     trust = trust_store.verify([c.der for c in chain])
     sent = {c.sha256: c for c in chain}
-    path = tuple(sent.get(hashlib.sha256(der).hexdigest()) or cert_facts(der) for der in trust.path)
+    path = tuple(sent.get(hashlib.sha256(der).hexdigest()) or _ca_facts(der) for der in trust.path)
     if not trust.trusted:
         if leaf.self_signed:
             problems.append(Problem("self_signed", Severity.CRITICAL, "self-signed certificate, not trusted"))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
-
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from keychest.scan.judge import CertFacts, State
 from keychest.scan.runner import AddressResult
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 _STATE_STYLES = {State.OK: "green", State.WARNING: "yellow", State.CRITICAL: "bold red", State.ERROR: "red"}
 
@@ -119,6 +119,10 @@ TABLE_COLUMNS = ("Target", "Address", "State", "Days", "Expires", "Issuer", "Tru
 
 
 def render_table(results: Sequence[AddressResult]) -> Table:
+    # rich is imported only here: JSON output and the scheduler never need it.
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_lines=False, header_style="bold")
     for column in TABLE_COLUMNS:
         table.add_column(column, justify="right" if column == "Days" else "left", overflow="fold")

@@ -12,13 +12,13 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable
-
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from keychest.scan.errors import ErrorKind, ScanFailure
-from keychest.scan.targets import is_ip_literal, parse_endpoint
+from keychest.scan.targets import is_ip_literal, parse_endpoint, parse_ip
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 
 def _ordered(addresses: Iterable[str]) -> list[str]:
@@ -41,6 +41,9 @@ class Resolver:
             where = parse_endpoint(nameserver, default_port=53)
             if not is_ip_literal(where.host):
                 raise ValueError(f"resolver must be an IP address with an optional port: {nameserver!r}")
+            # Imported here: dnspython costs start-up time that system-resolver scans never need.
+            import dns.asyncresolver
+
             resolver = dns.asyncresolver.Resolver(configure=False)
             resolver.nameservers = [where.host]
             resolver.port = where.port
@@ -51,8 +54,9 @@ class Resolver:
 
     async def resolve(self, host: str) -> list[str]:
         """Addresses of `host`; raises ScanFailure(DNS or NO_ADDRESS) when there are none."""
-        if is_ip_literal(host):
-            return [str(ipaddress.ip_address(host))]
+        address = parse_ip(host)
+        if address is not None:
+            return [str(address)]
         if self._dns is not None:
             addresses = await self._resolve_dns(host)
         else:
@@ -97,6 +101,9 @@ class Resolver:
         return _ordered(addresses)
 
     async def _query(self, host: str, rdtype: str) -> list[str]:
+        import dns.exception
+        import dns.resolver
+
         assert self._dns is not None
         try:
             answer = await self._dns.resolve(host, rdtype, search=False, raise_on_no_answer=False)

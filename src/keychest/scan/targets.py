@@ -8,6 +8,7 @@ between the guard check and the connect.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -40,12 +41,18 @@ def _normalise_host(host: str) -> str:
     return host
 
 
-def is_ip_literal(host: str) -> bool:
+@functools.lru_cache(maxsize=65536)
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address `text` spells, or None if it is a name. Cached: the same addresses come
+    up at every step of a scan (resolve, guard, connect, name check)."""
     try:
-        ipaddress.ip_address(host)
+        return ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def is_ip_literal(host: str) -> bool:
+    return parse_ip(host) is not None
 
 
 def format_host_port(host: str, port: int) -> str:
