@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.scan.tls_servers import DNSServer
 from tests.support.net import free_port, wait_for_port
 
 KEYCHEST = [sys.executable, "-m", "keychest"]
@@ -70,6 +71,22 @@ class LiveServer:
         )
 
 
+_loopback_dns: DNSServer | None = None
+
+
+def loopback_resolver() -> str:
+    """A DNS server on 127.0.0.1 that knows only localhost.
+
+    Every test server's scanner asks it instead of the machine's resolver, so that names
+    registered in tests (www.example.net, a.example, ...) never cause a query off this
+    machine. A test that needs other names passes its own `--resolver` (the last one wins).
+    """
+    global _loopback_dns
+    if _loopback_dns is None:
+        _loopback_dns = DNSServer({"localhost": ["127.0.0.1"]})
+    return _loopback_dns.address
+
+
 def start_server(data_dir: Path, *extra: str, db_url: str | None = None) -> LiveServer:
     data_dir.mkdir(parents=True, exist_ok=True)
     line_port, http_port = free_port(), free_port()
@@ -80,6 +97,8 @@ def start_server(data_dir: Path, *extra: str, db_url: str | None = None) -> Live
         "--line-listen", f"127.0.0.1:{line_port}",
         "--http-listen", f"127.0.0.1:{http_port}",
         "--mail-domain", "keychest.test",
+        "--resolver", loopback_resolver(),
+        "--scan-timeout", "3",
         *extra,
     ]
     server = LiveServer(data_dir, url, line_port, http_port, args, data_dir / "serve.log")
