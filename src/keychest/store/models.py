@@ -222,3 +222,58 @@ class ServerSecret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# --- mail: tokens in links, alerts sent, per-account preferences (issue 5, migration 0003) ---------
+
+
+class Token(Base):
+    """A single-use secret carried by a link in a mail; only its SHA-256 is stored."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # confirm_account, block_account, approve_key, revoke_key, signin, unsubscribe, confirm_address
+    purpose: Mapped[str] = mapped_column(String(24))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    api_key_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Purpose-specific extras (the unsubscribe scope, the address to confirm).
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class AlertSent(Base):
+    """One row per alert (or weekly report) mailed: the unique key makes "at most once" hold."""
+
+    __tablename__ = "alerts_sent"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    # e.g. expiry:<certificate id>:<threshold seconds>, expired:<id>, weekly:2026-11-30
+    alert_key: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    sent_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (UniqueConstraint("account_id", "alert_key", name="uq_alerts_sent_account_key"),)
+
+
+class AccountPreferences(Base):
+    """Notification settings; an account without a row has the defaults (service.preferences)."""
+
+    __tablename__ = "account_preferences"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    # Another address for notifications; mailed only once confirmed (notify_email_confirmed).
+    notify_email: Mapped[str | None] = mapped_column(String(254))
+    notify_email_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    expiry_thresholds: Mapped[list] = mapped_column(JSON, default=list)  # days; empty: defaults
+    alerts_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    down_grace_minutes: Mapped[int] = mapped_column(Integer, default=60)
+    weekly_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    weekly_day: Mapped[int] = mapped_column(Integer, default=0)  # Monday = 0
+    weekly_time: Mapped[str] = mapped_column(String(5), default="08:00")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
