@@ -277,3 +277,22 @@ class AccountPreferences(Base):
     weekly_time: Mapped[str] = mapped_column(String(5), default="08:00")
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+# --- REST API and dashboard (issue 6) -----------------------------------------------------------
+
+
+class WatchedCertificate(Base):
+    """A certificate watched for its expiry without a server: uploaded as PEM (certificate/add)."""
+
+    __tablename__ = "watched_certificates"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id"), index=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime)
+    added_ip: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        UniqueConstraint("api_key_id", "certificate_id", name="uq_watched_certificates_key_cert"),
+    )
