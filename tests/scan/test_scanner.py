@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 
@@ -243,3 +244,20 @@ def test_results_keep_input_order(servers: TestServers, certs: CertFactory) -> N
     results = run_scan(endpoints, ca_file=str(certs.ca_file), allow_private_targets=True, concurrency=3)
     assert [r.endpoint for r in results] == endpoints
     assert [r.leaf.dns_names[0] for r in results if r.leaf] == names
+
+
+def test_tls_alert_is_classified(servers: TestServers) -> None:
+    port = servers.hostile("alert", hosts=["127.0.0.1"])
+    results = run_scan([Endpoint("localhost", port)], allow_private_targets=True, timeout=5)
+    assert results[0].error is not None and results[0].error.kind is ErrorKind.TLS_ALERT
+    assert "unrecognized name" in str(results[0].error)
+
+
+def test_old_protocol_versions_are_still_scanned(servers: TestServers, certs: CertFactory) -> None:
+    def tls12_only(context: ssl.SSLContext) -> None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    served = certs.valid("localhost")
+    port = servers.tls(served.chain_pem, served.key_pem, hosts=["127.0.0.1"], configure=tls12_only)
+    results = run_scan([Endpoint("localhost", port)], ca_file=str(certs.ca_file), allow_private_targets=True)
+    assert results[0].state is State.OK and results[0].tls_version == "TLSv1.2"

@@ -19,7 +19,7 @@ import socket
 import ssl
 import tempfile
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -142,6 +142,14 @@ async def _close_mid(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
     await writer.drain()
 
 
+async def _alert(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers the ClientHello with a fatal unrecognized_name alert, as strict SNI servers do."""
+    await reader.read(4096)
+    writer.write(b"\x15\x03\x03\x00\x02\x02\x70")
+    await writer.drain()
+    await asyncio.sleep(1)
+
+
 async def _flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Endless well-formed-looking handshake records, as fast as the client takes them."""
     await reader.read(4096)
@@ -175,6 +183,7 @@ HOSTILE = {
         "close": _close,
         "close_mid": _close_mid,
         "flood": _flood,
+        "alert": _alert,
     }.items()
 }
 
@@ -282,10 +291,20 @@ class TestServers:
         return port
 
     def tls(
-        self, chain_pem: bytes, key_pem: bytes, hosts: Iterable[str] | None = None, port: int | None = None
+        self,
+        chain_pem: bytes,
+        key_pem: bytes,
+        hosts: Iterable[str] | None = None,
+        port: int | None = None,
+        configure: Callable[[ssl.SSLContext], None] | None = None,
     ) -> int:
-        """Serve `chain_pem` (leaf first, then what the server sends along) on a free port."""
+        """Serve `chain_pem` (leaf first, then what the server sends along) on a free port.
+
+        `configure` may adjust the server's SSLContext (versions, SNI callback, ...) first.
+        """
         context = self.server_context(chain_pem, key_pem)
+        if configure is not None:
+            configure(context)
         return self._listen(_hold_open, hosts, port, ssl=context, ssl_handshake_timeout=10)
 
     def tls_trustme(self, leaf: Any, hosts: Iterable[str] | None = None, port: int | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import multiprocessing
 import sys
@@ -191,10 +192,14 @@ def scan(
         Scanner(options)  # fail on a bad CA file or resolver before forking workers
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
+    # Everything imported so far lives until exit: keep the collector from walking it
+    # again and again while thousands of results are made.
+    gc.freeze()
     results = run_scan(endpoints, options, workers)
     if as_json:
-        json.dump(results_to_json(results), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        # One write: json.dump() would issue a write per token, which costs more than the
+        # scan itself for thousands of results.
+        sys.stdout.write(json.dumps(results_to_json(results), indent=2) + "\n")
     else:
         from rich.console import Console
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from keychest.scan.targets import ScanTarget, is_ip_literal
 
 # TLS record content types a server may start with: alert (21) or handshake (22).
 _FIRST_RECORD_TYPES = frozenset({0x15, 0x16})
+_ALERT_REASON = re.compile(r"(^|; )(sslv3 alert|tlsv1 |tlsv13 alert)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,8 @@ def _classify_ssl_error(exc: SSL.Error) -> ScanFailure:
     reasons = _reasons(exc)
     text = "; ".join(reasons)
     lowered = text.lower()
-    if "alert" in lowered:
+    # OpenSSL names every alert it receives "sslv3 alert ...", "tlsv1 ..." or "tlsv13 alert ...".
+    if _ALERT_REASON.search(lowered):
         return ScanFailure(ErrorKind.TLS_ALERT, f"server sent TLS alert: {text}")
     if "excessive message size" in lowered:
         return ScanFailure(ErrorKind.TOO_LARGE, f"server's handshake message is too large: {text}")
