@@ -456,7 +456,7 @@ placeholder_email() {
   save_state
 }
 
-claim() {
+claim() {  # fails with 1 when the server did not answer, 2 when it does not know the key
   if ! request "command claim apikey $S_APIKEY email $EMAIL"; then log "no answer to claim"; return 1; fi
   if [[ $R_CODE == 200 ]]; then
     S_EMAIL=$EMAIL S_CLAIM=ok
@@ -466,7 +466,7 @@ claim() {
     log "claim for $EMAIL refused: $R_STATUS"
   fi
   save_state
-  [[ $R_CODE != 401 ]]
+  [[ $R_CODE != 401 ]] || return 2
 }
 
 # Runs in a background subshell (the parent enforces connect and overall time-outs, since
@@ -482,14 +482,17 @@ net_session() {
   [[ -n $EMAIL ]] || { [[ -n $S_PLACEHOLDER ]] && EMAIL=$S_PLACEHOLDER EMAIL_SOURCE="placeholder chosen before"; }
   [[ -n $EMAIL ]] || placeholder_email
   if [[ $EMAIL != "$S_EMAIL" || $S_CLAIM != ok ]]; then
-    # 401: the server does not know our key (a new server, a reset): start over once
-    claim || { new_key && retried=1 && claim; }
+    claim
+    case $? in
+      1) return 1 ;;
+      2) retried=1; new_key && claim || return 1 ;;  # a new server or a reset: start over once
+    esac
   fi
   for d in "${QUEUE[@]}"; do
     if ! request "command add apikey $S_APIKEY domain $d"; then log "add $d: no answer; kept for the next run"; return 1; fi
     if [[ $R_CODE == 401 && $retried == 0 ]]; then
       retried=1
-      new_key && claim
+      { new_key && claim; } || return 1
       request "command add apikey $S_APIKEY domain $d" || { log "add $d: no answer; kept for the next run"; return 1; }
     fi
     case $R_CODE in
@@ -520,7 +523,7 @@ main() {
   detect_mode "${1:-}"
   if [[ $MODE == pre ]]; then log "nothing to do before certbot's work"; return 0; fi
   collect_domains
-  log "${#DOMAINS[@]} domain(s) from ${MODE}: ${DOMAINS[*]:-none}"
+  log "${#DOMAINS[@]} domain(s) to report: ${DOMAINS[*]:-none}"
 
   load_state
   find_email

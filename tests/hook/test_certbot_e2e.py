@@ -185,9 +185,7 @@ def test_server_down_during_renewal_then_back(pebble: Pebble, live_server: LiveS
     assert sorted(pebble.tree.spooled()) == ALL
     down_ms = hook_times_ms(pebble)[-1]
     assert down_ms < HOOK_DEADLINE_S * 1000
-    print(
-        f"{pebble.certbot}: renew with the server down {pebble.timings['renew']:.2f}s, hook {down_ms} ms"
-    )
+    print(f"{pebble.certbot}: renew with the server down {pebble.timings['renew']:.2f}s, hook {down_ms} ms")
 
     live_server.start()
     pebble.renew()
@@ -208,9 +206,7 @@ def test_unanswering_server_does_not_hold_certbot(blackhole: str, pebble: Pebble
     hook_ms = hook_times_ms(pebble)[-1]
     assert hook_ms < HOOK_DEADLINE_S * 1000
     assert sorted(pebble.tree.spooled()) == ABC
-    print(
-        f"{pebble.certbot}, {blackhole} server: renew {pebble.timings['renew']:.2f}s, hook {hook_ms} ms"
-    )
+    print(f"{pebble.certbot}, {blackhole} server: renew {pebble.timings['renew']:.2f}s, hook {hook_ms} ms")
 
 
 def test_account_without_email_gets_a_placeholder(

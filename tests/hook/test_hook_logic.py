@@ -260,9 +260,15 @@ def test_key_is_reused_and_a_second_run_adds_nothing_new(tree: CertbotTree, live
     assert "got API key" in first.stderr and "got API key" not in second.stderr
 
 
-def test_a_key_the_server_forgot_is_replaced(tree: CertbotTree, live_server: LiveServer) -> None:
+@pytest.mark.parametrize("claimed", ["", "email=admin@example.org\n"])
+def test_a_key_the_server_forgot_is_replaced(
+    claimed: str, tree: CertbotTree, live_server: LiveServer
+) -> None:
+    # 401 on the claim (email changed) or, with the claim already done, on the first add
     tree.write_log(fixture_log("2.1.0"))
-    tree.state_file.write_text(f"server=127.0.0.1:{live_server.line_port}\napikey=notaknownkey\nclaim=ok\n")
+    tree.state_file.write_text(
+        f"server=127.0.0.1:{live_server.line_port}\napikey=notaknownkey\nclaim=ok\n{claimed}"
+    )
     run = run_hook(tree.install_hook("post"), clean_env(**server_env(live_server.line_port)))
     assert run.returncode == 0, run.stderr
     assert sorted(registered(live_server)) == sorted(ALL)
