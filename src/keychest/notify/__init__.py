@@ -1,0 +1,1 @@
+"""Mail: the outbox sender, alert decisions, weekly reports and their templates."""

@@ -1,0 +1,228 @@
+"""Which alerts to send: a pure function of what the scanner saw, the time, and what was sent.
+
+Every alert has a key; the caller stores the keys it mailed (``alerts_sent``, unique per
+account) and passes them back in, which is what makes "at most once per certificate and
+threshold" hold across passes, restarts and several mailer processes.
+
+Rules (docs/mail.md):
+
+- expiry: thresholds in days (default 28, 14, 7, 3, 1); a certificate valid for under 30 days
+  is warned at a third and at a tenth of its lifetime instead. Only the tightest threshold
+  crossed is sent, and none when an equal or tighter one was sent before: a certificate first
+  seen with 5 days left gets one alert (7 days), not three.
+- expired: once per certificate, and no expiry alerts after it.
+- renewal overdue: a Let's Encrypt-style certificate (Let's Encrypt, or any lifetime of 100
+  days or less: ACME CAs renew at two thirds) with under a third of its lifetime left while no
+  address of the endpoint serves a newer one.
+- stale deployment: an address still serving an older certificate than its siblings.
+- down: an address failing for longer than the grace period, once per outage.
+- issuer changed: a new certificate from another CA (organisation; Let's Encrypt rotating
+  its intermediates R10/R11 is not news), in the last 7 days.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from keychest.notify.facts import CertChange, CertInfo, EndpointFacts, days, describe_left
+
+DEFAULT_THRESHOLDS = (28, 14, 7, 3, 1)
+SHORT_LIVED = timedelta(days=30)
+ACME_MAX_LIFETIME = timedelta(days=100)
+ISSUER_CHANGE_WINDOW = timedelta(days=7)
+CRITICAL_LEFT = timedelta(days=3)
+
+
+@dataclass(frozen=True)
+class Policy:
+    thresholds_days: tuple[int, ...] = DEFAULT_THRESHOLDS
+    down_grace: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Alert:
+    key: str
+    kind: str  # expiry, expired, renewal_overdue, stale_deployment, down, issuer_changed
+    severity: str  # warning, critical
+    title: str  # one line, for the subject and the list
+    detail: str  # one or two sentences: what we saw and what to do
+    endpoints: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "severity": self.severity,
+            "title": self.title,
+            "detail": self.detail,
+            "endpoints": list(self.endpoints),
+        }
+
+
+def thresholds(cert: CertInfo, policy: Policy) -> list[timedelta]:
+    """The moments (time left) at which this certificate is worth a warning."""
+    if cert.lifetime < SHORT_LIVED:
+        return [cert.lifetime / 3, cert.lifetime / 10]
+    return [timedelta(days=d) for d in policy.thresholds_days]
+
+
+def _expiry_sent_at_or_below(sent: frozenset[str], cert_id: int) -> list[int]:
+    prefix = f"expiry:{cert_id}:"
+    found = []
+    for key in sent:
+        if key.startswith(prefix):
+            try:
+                found.append(int(key[len(prefix) :]))
+            except ValueError:
+                continue
+    return found
+
+
+def _is_acme_style(cert: CertInfo) -> bool:
+    return cert.is_lets_encrypt or cert.lifetime <= ACME_MAX_LIFETIME
+
+
+def _names(endpoints: Iterable[EndpointFacts]) -> tuple[str, ...]:
+    return tuple(sorted({e.name for e in endpoints}))
+
+
+def decide(
+    endpoints: Sequence[EndpointFacts],
+    changes: Sequence[CertChange],
+    now: datetime,
+    sent: frozenset[str],
+    policy: Policy = Policy(),
+) -> list[Alert]:
+    """The alerts to send now for one account, most urgent first."""
+    alerts: list[Alert] = []
+    by_cert: dict[int, tuple[CertInfo, list[EndpointFacts]]] = {}
+    for endpoint in endpoints:
+        for cert in endpoint.certificates:
+            by_cert.setdefault(cert.id, (cert, []))[1].append(endpoint)
+
+    for cert, serving in by_cert.values():
+        names = _names(serving)
+        left = cert.left(now)
+        where = ", ".join(names)
+        if left <= timedelta(0):
+            key = f"expired:{cert.id}"
+            if key not in sent:
+                alerts.append(
+                    Alert(
+                        key,
+                        "expired",
+                        "critical",
+                        f"Certificate expired: {where}",
+                        f"The certificate from {cert.issuer} expired on {cert.not_after:%Y-%m-%d %H:%M} UTC "
+                        "and is still being served. Visitors see an error until it is replaced.",
+                        names,
+                    )
+                )
+            continue
+        if f"expired:{cert.id}" in sent:
+            continue
+        crossed = [t for t in thresholds(cert, policy) if left <= t]
+        if crossed:
+            tightest = min(crossed)
+            tightest_s = int(tightest.total_seconds())
+            if not any(s <= tightest_s for s in _expiry_sent_at_or_below(sent, cert.id)):
+                alerts.append(
+                    Alert(
+                        f"expiry:{cert.id}:{tightest_s}",
+                        "expiry",
+                        "critical" if left <= CRITICAL_LEFT else "warning",
+                        f"Certificate expires in {describe_left(left)}: {where}",
+                        f"The certificate from {cert.issuer} expires on {cert.not_after:%Y-%m-%d %H:%M} UTC "
+                        f"({describe_left(left)} from now).",
+                        names,
+                    )
+                )
+        if _is_acme_style(cert) and left < cert.lifetime / 3:
+            newer = any(other.not_before > cert.not_before for e in serving for other in e.certificates)
+            key = f"renewal_overdue:{cert.id}"
+            if not newer and key not in sent:
+                alerts.append(
+                    Alert(
+                        key,
+                        "renewal_overdue",
+                        "warning",
+                        f"Renewal overdue: {where}",
+                        f"This certificate from {cert.issuer} has {describe_left(left)} of its "
+                        f"{round(days(cert.lifetime))}-day lifetime left and no newer certificate is served. "
+                        "Automatic renewal normally happens with a third left: check certbot (or your "
+                        "ACME client) and its deploy hook.",
+                        names,
+                    )
+                )
+
+    for endpoint in endpoints:
+        for address in endpoint.addresses:
+            cert = address.certificate
+            if "stale_deployment" in address.problems and cert is not None:
+                key = f"stale:{endpoint.id}:{address.ip}:{cert.id}"
+                if key not in sent:
+                    alerts.append(
+                        Alert(
+                            key,
+                            "stale_deployment",
+                            "warning",
+                            f"Old certificate still served: {endpoint.name} at {address.ip}",
+                            f"{address.ip} serves a certificate (expiring {cert.not_after:%Y-%m-%d}) older "
+                            f"than the other addresses of {endpoint.name}: the renewal did not reach this "
+                            "server. Reload it or copy the new certificate there.",
+                            (endpoint.name,),
+                        )
+                    )
+            if address.error_kind is not None and address.error_since is not None:
+                if now - address.error_since < policy.down_grace:
+                    continue
+                key = f"down:{endpoint.id}:{address.ip}:{address.error_since.isoformat()}"
+                if key in sent:
+                    continue
+                at = f" at {address.ip}" if address.ip else ""
+                alerts.append(
+                    Alert(
+                        key,
+                        "down",
+                        "critical",
+                        f"Unreachable{at}: {endpoint.name}",
+                        f"{endpoint.name}{at} has failed every scan since "
+                        f"{address.error_since:%Y-%m-%d %H:%M} UTC: {address.error or address.error_kind}.",
+                        (endpoint.name,),
+                    )
+                )
+
+    for change in changes:
+        if change.old is None or now - change.at > ISSUER_CHANGE_WINDOW:
+            continue
+        if change.old.issuer == change.new.issuer:
+            continue
+        key = f"issuer_changed:{change.id}"
+        if key in sent:
+            continue
+        at = f" at {change.ip}" if change.ip else ""
+        alerts.append(
+            Alert(
+                key,
+                "issuer_changed",
+                "warning",
+                f"Certificate changed issuer: {change.endpoint}",
+                f"On {change.at:%Y-%m-%d %H:%M} UTC {change.endpoint}{at} started serving a certificate "
+                f"from {change.new.issuer} instead of {change.old.issuer}. If nobody here changed CA, "
+                "check who can obtain certificates for this name.",
+                (change.endpoint,),
+            )
+        )
+
+    alerts.sort(key=lambda a: (a.severity != "critical", a.kind, a.title))
+    return alerts
+
+
+def subject(alerts: Sequence[Alert]) -> str:
+    if len(alerts) == 1:
+        return alerts[0].title
+    critical = sum(1 for a in alerts if a.severity == "critical")
+    head = f"{len(alerts)} certificate alerts"
+    return f"{head} ({critical} critical)" if critical else head

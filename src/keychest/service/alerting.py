@@ -1,0 +1,216 @@
+"""The database side of alerts: load what the scanner saw per account, apply the pure
+decision (notify.alerts), and record + enqueue what it decides, in one transaction.
+
+The ``alerts_sent`` rows and the outbox row are written together: either the account's mail
+is queued and its alerts marked sent, or neither (a crash, or another mailer process winning
+the unique key) and the next pass decides again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, func, insert, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
+
+from keychest.notify import alerts as alert_rules
+from keychest.notify.facts import AddressFacts, CertChange, CertInfo, EndpointFacts
+from keychest.service import domains, outbox, preferences
+from keychest.service.context import Ctx
+from keychest.store.models import (
+    Account,
+    AddressState,
+    AlertSent,
+    ApiKey,
+    Certificate,
+    Endpoint,
+    ScanChange,
+    Watch,
+)
+
+CHANGE_WINDOW = timedelta(days=8)
+
+
+def _cert(row: Certificate) -> CertInfo:
+    return CertInfo(row.id, row.sha256, row.issuer_name, row.not_before, row.not_after, row.is_lets_encrypt)
+
+
+def active_accounts(ctx: Ctx, *, email: str | None = None) -> list[Account]:
+    query = select(Account).where(Account.state == "active", Account.is_placeholder.is_(False))
+    if email is not None:
+        query = query.where(Account.email == email)
+    return list(ctx.session.scalars(query.order_by(Account.id)))
+
+
+def account_endpoints(ctx: Ctx, account_ids: list[int]) -> dict[int, list[int]]:
+    """Each account's endpoints: those registered with its approved (active) keys."""
+    mapping: dict[int, set[int]] = defaultdict(set)
+    if account_ids:
+        rows = ctx.session.execute(
+            select(ApiKey.account_id, Watch.endpoint_id)
+            .join(Watch, Watch.api_key_id == ApiKey.id)
+            .where(ApiKey.account_id.in_(account_ids), ApiKey.state == "active")
+        )
+        for account_id, endpoint_id in rows:
+            mapping[account_id].add(endpoint_id)
+    return {account_id: sorted(ids) for account_id, ids in mapping.items()}
+
+
+def endpoint_facts(ctx: Ctx, endpoint_ids: list[int]) -> dict[int, EndpointFacts]:
+    if not endpoint_ids:
+        return {}
+    names = {
+        e.id: str(domains.DomainName(e.host, e.port))
+        for e in ctx.session.scalars(select(Endpoint).where(Endpoint.id.in_(endpoint_ids)))
+    }
+    # When each failing address's current outage began: its latest change into an error.
+    outage = {
+        (endpoint_id, ip): at
+        for endpoint_id, ip, at in ctx.session.execute(
+            select(ScanChange.endpoint_id, ScanChange.ip, func.max(ScanChange.at))
+            .where(
+                ScanChange.endpoint_id.in_(endpoint_ids),
+                or_(
+                    ScanChange.change == "error",
+                    and_(ScanChange.change == "first_seen", ScanChange.error_kind.is_not(None)),
+                ),
+            )
+            .group_by(ScanChange.endpoint_id, ScanChange.ip)
+        )
+    }
+    addresses: dict[int, list[AddressFacts]] = defaultdict(list)
+    rows = ctx.session.execute(
+        select(AddressState, Certificate)
+        .outerjoin(Certificate, Certificate.id == AddressState.certificate_id)
+        .where(AddressState.endpoint_id.in_(endpoint_ids))
+        .order_by(AddressState.endpoint_id, AddressState.ip)
+    )
+    for state, cert in rows:
+        failing = state.error_kind is not None
+        addresses[state.endpoint_id].append(
+            AddressFacts(
+                ip=state.ip,
+                state=state.state,
+                certificate=_cert(cert) if cert is not None else None,
+                error_kind=state.error_kind,
+                error=state.error,
+                error_since=outage.get((state.endpoint_id, state.ip), state.since) if failing else None,
+                problems=tuple(p.get("code", "") for p in (state.problems or []) if isinstance(p, dict)),
+            )
+        )
+    return {
+        endpoint_id: EndpointFacts(endpoint_id, name, tuple(addresses.get(endpoint_id, ())))
+        for endpoint_id, name in names.items()
+    }
+
+
+def certificate_changes(ctx: Ctx, endpoint_ids: list[int], *, since_days: float = 8) -> list[CertChange]:
+    if not endpoint_ids:
+        return []
+    new, old = aliased(Certificate), aliased(Certificate)
+    rows = ctx.session.execute(
+        select(ScanChange, Endpoint, new, old)
+        .join(Endpoint, Endpoint.id == ScanChange.endpoint_id)
+        .join(new, new.id == ScanChange.certificate_id)
+        .outerjoin(old, old.id == ScanChange.previous_certificate_id)
+        .where(
+            ScanChange.endpoint_id.in_(endpoint_ids),
+            ScanChange.change == "new_certificate",
+            ScanChange.at >= ctx.now - timedelta(days=since_days),
+        )
+        .order_by(ScanChange.id)
+    )
+    return [
+        CertChange(
+            change.id,
+            change.endpoint_id,
+            str(domains.DomainName(endpoint.host, endpoint.port)),
+            change.ip,
+            change.at,
+            _cert(old_cert) if old_cert is not None else None,
+            _cert(new_cert),
+        )
+        for change, endpoint, new_cert, old_cert in rows
+    ]
+
+
+def sent_keys(ctx: Ctx, account_id: int) -> frozenset[str]:
+    return frozenset(
+        ctx.session.scalars(select(AlertSent.alert_key).where(AlertSent.account_id == account_id))
+    )
+
+
+def record_sent(ctx: Ctx, account_id: int, keys: list[tuple[str, str]]) -> bool:
+    """Mark keys sent; False (and nothing written) when another process marked one first."""
+    try:
+        with ctx.session.begin_nested():
+            ctx.session.execute(
+                insert(AlertSent),
+                [
+                    {"account_id": account_id, "alert_key": k, "kind": kind, "sent_at": ctx.now}
+                    for k, kind in keys
+                ],
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class PassResult:
+    accounts: int
+    mails: int
+    alerts: int
+
+
+def run_pass(ctx: Ctx) -> PassResult:
+    """One alert pass over every confirmed account with alerts on."""
+    accounts = active_accounts(ctx)
+    prefs = preferences.get_many(ctx, [a.id for a in accounts])
+    accounts = [a for a in accounts if prefs[a.id].alerts_enabled]
+    mapping = account_endpoints(ctx, [a.id for a in accounts])
+    all_ids = sorted({e for ids in mapping.values() for e in ids})
+    facts = endpoint_facts(ctx, all_ids)
+    changes = certificate_changes(ctx, all_ids)
+    mails = total = 0
+    for account in accounts:
+        ids = mapping.get(account.id, [])
+        if not ids:
+            continue
+        mine = set(ids)
+        pref = prefs[account.id]
+        found = alert_rules.decide(
+            [facts[i] for i in ids if i in facts],
+            [c for c in changes if c.endpoint_id in mine],
+            ctx.now,
+            sent_keys(ctx, account.id),
+            alert_rules.Policy(
+                thresholds_days=pref.expiry_thresholds, down_grace=timedelta(minutes=pref.down_grace_minutes)
+            ),
+        )
+        if not found:
+            continue
+        if not record_sent(ctx, account.id, [(a.key, a.kind) for a in found]):
+            continue
+        outbox.enqueue(
+            ctx,
+            kind="alerts",
+            to_addr=preferences.recipient(account, pref),
+            account_id=account.id,
+            payload={"alerts": [a.as_dict() for a in found], "subject": alert_rules.subject(found)},
+        )
+        mails += 1
+        total += len(found)
+    return PassResult(len(accounts), mails, total)
+
+
+def activity_marker(ctx: Ctx) -> tuple[int, int]:
+    """Changes worth an early alert pass: new scan history rows, newly confirmed accounts."""
+    last_change = ctx.session.scalar(select(func.max(ScanChange.id))) or 0
+    active = (
+        ctx.session.scalar(select(func.count()).select_from(Account).where(Account.state == "active")) or 0
+    )
+    return last_change, active

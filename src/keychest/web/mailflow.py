@@ -1,0 +1,101 @@
+"""Pages behind the links in mails, and "mail me a sign-in link".
+
+A GET only shows what the link will do and one button; only the POST that button submits
+acts, because mail scanners and link previews follow links in mails. The token in the URL
+is the secret, so these forms need no CSRF token; the POST itself is what is required.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from keychest.service import links
+from keychest.service.errors import ServiceError
+from keychest.service.facade import Keychest
+from keychest.web import session
+
+# path prefix -> links.ROUTES name, and what the page says about the button
+PAGES: dict[str, tuple[str, str, str]] = {
+    "confirm": ("confirm", "Confirm your keychest account", "Confirm my account"),
+    "block": ("block", "Block this account", "Block the account and its API keys"),
+    "keys/approve": ("approve", "Approve an API key", "Approve this key"),
+    "keys/revoke": ("revoke", "Revoke an API key", "Revoke this key"),
+    "signin": ("signin", "Sign in to keychest", "Sign in"),
+    "unsubscribe": ("unsubscribe", "Unsubscribe", "Unsubscribe"),
+    "confirm-address": ("confirm_address", "Confirm your address", "Send notifications here"),
+}
+
+
+@functools.cache
+def _env() -> Environment:
+    return Environment(
+        loader=PackageLoader("keychest.web", "templates/mailflow"),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True),
+    )
+
+
+def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(_env().get_template(template).render(**context), status_code=status)
+
+
+def _ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _secure(service: Keychest) -> bool:
+    return service.settings.mail.public_url.startswith("https://")
+
+
+def install(app: FastAPI, service: Keychest) -> None:
+    async def call(fn: Any, *args: Any, ip: str | None) -> Any:
+        # Service calls block on the database: keep them off the event loop.
+        return await asyncio.to_thread(service.call, fn, *args, ip=ip)
+
+    def error_page(title: str, exc: ServiceError) -> HTMLResponse:
+        return page("message.html", status=exc.code, title=title, message=exc.text, ok=False)
+
+    def add_link_routes(prefix: str, route: str, title: str, button: str) -> None:
+        async def show(token: str, request: Request) -> Response:
+            try:
+                view = await call(links.view, route, token, ip=_ip(request))
+            except ServiceError as exc:
+                return error_page(title, exc)
+            return page("confirm.html", title=title, button=button, view=view, action=request.url.path)
+
+        async def act(token: str, request: Request) -> Response:
+            try:
+                done = await call(links.act, route, token, ip=_ip(request))
+            except ServiceError as exc:
+                return error_page(title, exc)
+            if done.sign_in:
+                response = RedirectResponse("/", status_code=303)
+                session.sign_in(service, response, done.account_id, secure=_secure(service))
+                return response
+            return page("message.html", title=title, message=done.message, ok=True)
+
+        app.add_api_route(f"/{prefix}/{{token}}", show, methods=["GET"], include_in_schema=False)
+        app.add_api_route(f"/{prefix}/{{token}}", act, methods=["POST"], include_in_schema=False)
+
+    for prefix, (route, title, button) in PAGES.items():
+        add_link_routes(prefix, route, title, button)
+
+    @app.get("/signin", include_in_schema=False)
+    async def signin_form() -> Response:
+        return page("signin.html", title="Sign in to keychest", sent=False, error=None)
+
+    @app.post("/signin", include_in_schema=False)
+    async def signin_request(request: Request, email: str = Form("")) -> Response:
+        try:
+            await call(links.request_signin, email, ip=_ip(request))
+        except ServiceError as exc:
+            return page(
+                "signin.html", status=exc.code, title="Sign in to keychest", sent=False, error=exc.text
+            )
+        # The same answer whether or not the address has an account.
+        return page("signin.html", title="Sign in to keychest", sent=True, error=None)
