@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,23 @@ def test_pre_hook_does_nothing(tree: CertbotTree) -> None:
     run = run_hook(tree.install_hook("pre"), clean_env(**server_env(free_port())))
     assert run.returncode == 0 and "pre:" in run.stderr
     assert not tree.spool_file.exists() and not tree.state_file.exists()
+
+
+def test_certbot_dirs_come_from_certbots_command_line(tree: CertbotTree, live_server: LiveServer) -> None:
+    # A hook outside renewal-hooks/, no RENEWED_LINEAGE, non-default dirs: only the parent
+    # certbot's --config-dir/--logs-dir (read from /proc) lead to the log and the state.
+    tree.write_log(fixture_log("5.8.0"))
+    bin_dir = tree.state / "bin"
+    bin_dir.mkdir()
+    hook = bin_dir / "keychest-hook.sh"
+    hook.write_bytes(HOOK.read_bytes())
+    fake_certbot = bin_dir / "certbot"  # runs its hook as certbot does: a child process
+    fake_certbot.write_text(f"#!/bin/bash\nbash {hook} post\n")
+    fake_certbot.chmod(0o755)
+    args = [str(fake_certbot), "--config-dir", str(tree.config), f"--logs-dir={tree.logs}", "renew"]
+    proc = subprocess.run(
+        args, env=clean_env(**server_env(live_server.line_port)), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(registered(live_server)) == sorted(ALL)
+    assert tree.state_file.exists() and (tree.logs / "keychest-hook.log").exists()
