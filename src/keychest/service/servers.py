@@ -1,0 +1,351 @@
+"""Servers as the REST API and the dashboard see them: claim, look up, list, remove.
+
+The line API's rules (``domains.add``, ``scans.expiration_facts``) stay where they are; this
+module adds what REST and the dashboard need on top, always scoped to the caller: an API key
+sees the domains of its account (once approved) or its own, a signed-in account its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from keychest.service import accounts, audit, domains, errors, keys, scans
+from keychest.service.context import Ctx
+from keychest.store.models import Account, AddressState, ApiKey, Certificate, Endpoint, ScanChange, Watch
+
+# KeyChest's published API calls a certificate "renewal due" within 28 days of its not-after.
+RENEWAL_DUE = timedelta(days=28)
+
+
+# --- keys and accounts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claimed:
+    # created: the key is new to us; success: the key was already bound to this address
+    status: str
+    email: str
+    api_key: str
+    key_state: str  # active, or pending (the account's owner must approve it)
+
+
+def claim_new_key(ctx: Ctx, email: str) -> Claimed:
+    """KeyChest's GET access/claim/{email}: a fresh key, claimed for the address, in one go."""
+    issued = keys.create(ctx)
+    outcome = accounts.claim(ctx, issued.key, email)
+    return Claimed("created", outcome.email, issued.key, _key_state(ctx, issued.id))
+
+
+def claim_chosen_key(ctx: Ctx, raw_key: str, email: str) -> Claimed:
+    """KeyChest's POST access/claim: register a client-chosen key (if new) and claim it."""
+    if not keys.KEY_PATTERN.fullmatch(raw_key):
+        raise errors.invalid("an API key is 16 to 64 of A-Z a-z 0-9 -")
+    existing = keys.find(ctx, raw_key)
+    if existing is None:
+        keys.create(ctx, key=raw_key)
+    outcome = accounts.claim(ctx, raw_key, email)
+    status = "success" if existing is not None and outcome.outcome == "already" else "created"
+    return Claimed(status, outcome.email, raw_key, _key_state(ctx, outcome.api_key_id))
+
+
+def _key_state(ctx: Ctx, key_id: int) -> str:
+    return ctx.session.execute(select(ApiKey.state).where(ApiKey.id == key_id)).scalar_one()
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    email: str | None
+    account_state: str | None
+    key_prefix: str
+    key_state: str
+    domains: int
+
+
+def whoami(ctx: Ctx, raw_key: str) -> KeyOwner:
+    key = keys.use(ctx, raw_key)
+    account = ctx.session.get(Account, key.account_id) if key.account_id is not None else None
+    count = ctx.session.scalar(select(func.count()).select_from(visible_endpoints(key).subquery()))
+    return KeyOwner(
+        account.email if account else None,
+        account.state if account else None,
+        key.prefix,
+        key.state,
+        int(count or 0),
+    )
+
+
+def revoke_own_key(ctx: Ctx, raw_key: str) -> str:
+    """A key revokes itself (a leaked key's holder can do no more than its owner could)."""
+    key = keys.find(ctx, raw_key)
+    if key is None:
+        raise errors.unknown_key()
+    keys.revoke(ctx, key.id)
+    return key.prefix
+
+
+def account_keys(ctx: Ctx, account_id: int) -> list[ApiKey]:
+    return list(
+        ctx.session.scalars(select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.id))
+    )
+
+
+def _account_key(ctx: Ctx, account_id: int, key_id: int) -> ApiKey:
+    key = ctx.session.get(ApiKey, key_id)
+    # Someone else's key id answers like a missing one: ids are not secrets, ownership is.
+    if key is None or key.account_id != account_id:
+        raise errors.not_found("no such API key")
+    return key
+
+
+def revoke_account_key(ctx: Ctx, account_id: int, key_id: int) -> None:
+    keys.revoke(ctx, _account_key(ctx, account_id, key_id).id)
+
+
+def approve_account_key(ctx: Ctx, account_id: int, key_id: int) -> None:
+    key = _account_key(ctx, account_id, key_id)
+    if key.state == "revoked":
+        raise errors.forbidden("a revoked key cannot be approved")
+    keys.approve(ctx, key.id)
+
+
+# --- which endpoints a caller sees -------------------------------------------------------------
+
+
+def visible_endpoints(key: ApiKey):  # type: ignore[no-untyped-def]
+    """Endpoint ids a key sees: its account's (approved keys) once it is approved, else its own."""
+    if key.account_id is not None and key.state == "active":
+        return account_endpoints(key.account_id)
+    return select(Watch.endpoint_id).where(Watch.api_key_id == key.id).distinct()
+
+
+def account_endpoints(account_id: int):  # type: ignore[no-untyped-def]
+    """A SELECT of the endpoint ids an account sees, to use as a subquery (never a Python list)."""
+    return (
+        select(Watch.endpoint_id)
+        .join(ApiKey, ApiKey.id == Watch.api_key_id)
+        .where(ApiKey.account_id == account_id, ApiKey.state == "active")
+        .distinct()
+    )
+
+
+def owned_endpoint(ctx: Ctx, raw_key: str, domain_text: str) -> Endpoint:
+    """The endpoint of a domain the key may see; 404 for any other (registered or not)."""
+    key = keys.use(ctx, raw_key)
+    name = domains.parse_domain(domain_text)
+    endpoint = ctx.session.scalar(
+        select(Endpoint).where(
+            Endpoint.host == name.host,
+            Endpoint.port == name.port,
+            Endpoint.id.in_(visible_endpoints(key)),
+        )
+    )
+    if endpoint is None:
+        raise errors.not_found(f"{name} is not registered for this key")
+    return endpoint
+
+
+# --- expiration (KeyChest's shape) -------------------------------------------------------------
+
+
+def _ts(moment: datetime | None) -> int | None:
+    return None if moment is None else int((moment - datetime(1970, 1, 1)).total_seconds())
+
+
+def expiration(ctx: Ctx, raw_key: str, domain_text: str) -> dict[str, object]:
+    """KeyChest's servers/expiration answer, one record per scanned address."""
+    endpoint = owned_endpoint(ctx, raw_key, domain_text)
+    results: list[dict[str, object]] = []
+    for view in scans.address_views(ctx, endpoint.id):
+        found = view.not_after is not None
+        results.append(
+            {
+                "ip": view.ip or None,
+                "certificate_found": found,
+                "certificate_sha256": view.sha256,
+                "renewal_due": (view.not_after - ctx.now <= RENEWAL_DUE) if view.not_after else None,
+                "expired": (view.not_after <= ctx.now) if view.not_after else None,
+                "renewal_utc": _ts(view.not_after),
+                "last_scan_utc": _ts(view.last_scan_at),
+                # Beyond KeyChest: what our scanner concluded about this address.
+                "state": view.state,
+                "trusted": view.trusted,
+                "hostname_ok": view.hostname_ok,
+                "error": view.error,
+                "problems": [p.get("code") for p in view.problems],
+            }
+        )
+    return {
+        "status": "success",
+        "domain": str(domains.DomainName(endpoint.host, endpoint.port)),
+        "certificate_found": any(r["certificate_found"] for r in results),
+        "renewal_due": any(r["renewal_due"] for r in results),
+        "expired_found": any(r["expired"] for r in results),
+        "state": endpoint.last_state or "pending",
+        "last_scan_utc": _ts(endpoint.last_scan_at),
+        "results": results,
+    }
+
+
+# --- listing and removing ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerRow:
+    id: int
+    domain: str
+    host: str
+    port: int
+    state: str
+    addresses: int
+    earliest_not_after: datetime | None
+    last_scan_at: datetime | None
+    added_at: datetime | None
+
+
+def _server_rows(ctx: Ctx, endpoint_ids) -> list[ServerRow]:  # type: ignore[no-untyped-def]
+    per_endpoint = (
+        select(
+            AddressState.endpoint_id.label("endpoint_id"),
+            func.count(AddressState.id).label("addresses"),
+            func.min(Certificate.not_after).label("earliest"),
+        )
+        .outerjoin(Certificate, Certificate.id == AddressState.certificate_id)
+        .group_by(AddressState.endpoint_id)
+        .subquery()
+    )
+    added = (
+        select(Watch.endpoint_id.label("endpoint_id"), func.min(Watch.added_at).label("added_at"))
+        .group_by(Watch.endpoint_id)
+        .subquery()
+    )
+    rows = ctx.session.execute(
+        select(
+            Endpoint.id,
+            Endpoint.host,
+            Endpoint.port,
+            Endpoint.last_state,
+            Endpoint.last_scan_at,
+            per_endpoint.c.addresses,
+            per_endpoint.c.earliest,
+            added.c.added_at,
+        )
+        .outerjoin(per_endpoint, per_endpoint.c.endpoint_id == Endpoint.id)
+        .outerjoin(added, added.c.endpoint_id == Endpoint.id)
+        .where(Endpoint.id.in_(endpoint_ids))
+        .order_by(Endpoint.host, Endpoint.port)
+    ).all()
+    return [
+        ServerRow(
+            r.id,
+            str(domains.DomainName(r.host, r.port)),
+            r.host,
+            r.port,
+            r.last_state or "pending",
+            int(r.addresses or 0),
+            r.earliest,
+            r.last_scan_at,
+            r.added_at,
+        )
+        for r in rows
+    ]
+
+
+def list_for_key(ctx: Ctx, raw_key: str) -> list[ServerRow]:
+    key = keys.use(ctx, raw_key)
+    return _server_rows(ctx, visible_endpoints(key))
+
+
+def _unwatch(ctx: Ctx, endpoint_id: int, key_ids) -> int:  # type: ignore[no-untyped-def]
+    removed = ctx.session.execute(
+        delete(Watch).where(Watch.endpoint_id == endpoint_id, Watch.api_key_id.in_(key_ids))
+    ).rowcount
+    still_watched = ctx.session.scalar(select(Watch.id).where(Watch.endpoint_id == endpoint_id).limit(1))
+    if still_watched is None:
+        # Nobody watches it any more: stop scanning it and forget its results. A later add
+        # starts afresh (and is scanned at once, as any new endpoint).
+        ctx.session.execute(delete(AddressState).where(AddressState.endpoint_id == endpoint_id))
+        ctx.session.execute(delete(ScanChange).where(ScanChange.endpoint_id == endpoint_id))
+        ctx.session.execute(delete(Endpoint).where(Endpoint.id == endpoint_id))
+    return int(removed or 0)
+
+
+def remove(ctx: Ctx, raw_key: str, domain_text: str) -> str:
+    """Stop watching a domain for the key's account (every key of it), or for the key alone."""
+    endpoint = owned_endpoint(ctx, raw_key, domain_text)
+    key = keys.use(ctx, raw_key)
+    domain = str(domains.DomainName(endpoint.host, endpoint.port))
+    if key.account_id is not None and key.state == "active":
+        key_ids = select(ApiKey.id).where(ApiKey.account_id == key.account_id, ApiKey.state == "active")
+    else:
+        key_ids = select(ApiKey.id).where(ApiKey.id == key.id)
+    _unwatch(ctx, endpoint.id, key_ids)
+    audit.record(ctx, "domain_removed", api_key_id=key.id, account_id=key.account_id, subject=domain)
+    return domain
+
+
+def remove_for_account(ctx: Ctx, account_id: int, endpoint_id: int) -> str:
+    endpoint = ctx.session.scalar(
+        select(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.id.in_(account_endpoints(account_id)))
+    )
+    if endpoint is None:
+        raise errors.not_found("no such server")
+    domain = str(domains.DomainName(endpoint.host, endpoint.port))
+    # Every key of the account, pending and revoked ones too: the account asked for it gone.
+    _unwatch(ctx, endpoint.id, select(ApiKey.id).where(ApiKey.account_id == account_id))
+    audit.record(ctx, "domain_removed", account_id=account_id, subject=domain)
+    return domain
+
+
+def _endpoint_id(ctx: Ctx, domain: domains.DomainName) -> int:
+    """The endpoint's id, created (due for a scan now) if nobody watched it yet."""
+    where = (Endpoint.host == domain.host, Endpoint.port == domain.port)
+    found = ctx.session.scalar(select(Endpoint.id).where(*where))
+    if found is not None:
+        return found
+    try:
+        # A savepoint: another process (PostgreSQL) may create the same endpoint meanwhile.
+        with ctx.session.begin_nested():
+            return ctx.session.execute(
+                insert(Endpoint)
+                .values(host=domain.host, port=domain.port, created_at=ctx.now, next_scan_at=ctx.now)
+                .returning(Endpoint.id)
+            ).scalar_one()
+    except IntegrityError:
+        return ctx.session.execute(select(Endpoint.id).where(*where)).scalar_one()
+
+
+def add_for_account(ctx: Ctx, account_id: int, domain_text: str) -> domains.AddOutcome:
+    """The dashboard's "add": registered under the account's oldest approved key.
+
+    Keys are stored only as hashes, so the dashboard cannot call ``domains.add`` with one;
+    the watch is made here, with the same rules (normalisation, idempotence per account).
+    """
+    key_id = ctx.session.scalar(
+        select(ApiKey.id)
+        .where(ApiKey.account_id == account_id, ApiKey.state == "active")
+        .order_by(ApiKey.id)
+        .limit(1)
+    )
+    if key_id is None:
+        raise errors.forbidden("the account has no approved API key to register domains with")
+    domain = domains.parse_domain(domain_text)
+    endpoint_id = _endpoint_id(ctx, domain)
+    existing = ctx.session.scalar(
+        select(Watch.id)
+        .join(ApiKey, ApiKey.id == Watch.api_key_id)
+        .where(Watch.endpoint_id == endpoint_id, ApiKey.account_id == account_id, ApiKey.state == "active")
+        .limit(1)
+    )
+    if existing is not None:
+        return domains.AddOutcome(domain, existing, endpoint_id, created=False)
+    watch_id = ctx.session.execute(
+        insert(Watch)
+        .values(api_key_id=key_id, endpoint_id=endpoint_id, added_at=ctx.now, added_ip=ctx.ip)
+        .returning(Watch.id)
+    ).scalar_one()
+    audit.record(ctx, "domain_added", api_key_id=key_id, account_id=account_id, subject=str(domain))
+    return domains.AddOutcome(domain, watch_id, endpoint_id, created=True)

@@ -1,0 +1,439 @@
+"""The dashboard: server-rendered pages for a signed-in account.
+
+No build step and almost no JavaScript: Jinja2 templates, one CSS file, one tiny script (a
+confirmation before destructive forms). Sessions are the signed cookies of ``web.session``,
+made by the mailed sign-in links (``web.mailflow``); every form carries the session's CSRF
+token. The pages read through ``service.overview`` (aggregates in SQL, paged tables) and
+change things through ``service.servers`` and ``service.preferences``.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
+from starlette.concurrency import run_in_threadpool
+
+from keychest.service import certificates, overview, servers
+from keychest.service.errors import ServiceError
+from keychest.service.facade import Keychest
+from keychest.web import session
+
+HERE = Path(__file__).parent
+TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
+
+# Issuer colours of the renewal calendar, in stacking order; "other" is always grey.
+PALETTE = ("#2563eb", "#16a34a", "#d97706", "#9333ea", "#0891b2")
+OTHER_COLOUR = "#94a3b8"
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+NOTICES = {
+    "added": "Server added; its first scan starts within seconds.",
+    "exists": "That server is already watched.",
+    "removed": "Server removed.",
+    "revoked": "API key revoked.",
+    "approved": "API key approved.",
+    "saved": "Settings saved.",
+    "unsubscribed": "You will get no more alerts or weekly reports. Turn them back on here at any time.",
+}
+SECURITY_HEADERS = {
+    # Nothing inline, nothing from elsewhere: the pages need only their own CSS and script.
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+# --- formatting --------------------------------------------------------------------------------
+
+
+def fmt_time(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
+
+
+def fmt_date(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d") if moment else "—"
+
+
+def days_left(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "—"
+    days = int((moment - now).total_seconds() // 86400)
+    if days < 0:
+        return f"expired {-days} d ago"
+    return "today" if days == 0 else f"{days} d"
+
+
+def ago(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "never"
+    seconds = max(0, int((now - moment).total_seconds()))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return "just now"
+
+
+def expiry_class(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return ""
+    days = (moment - now).total_seconds() / 86400
+    return "expired" if days <= 0 else "soon" if days <= 7 else "plan" if days <= 28 else ""
+
+
+def calendar_svg(cal: overview.Calendar) -> Markup:
+    """The renewal calendar as inline SVG: one stacked bar per month, one colour per issuer."""
+    width, height, left, bottom, top = 720, 220, 34, 26, 14
+    plot_h = height - bottom - top
+    slot = (width - left) / max(1, len(cal.months))
+    bar_w = slot * 0.62
+    peak = max(1, cal.peak)
+    step = max(1, -(-peak // 4))
+    scale_max = step * 4
+    colours = _colours(cal.issuers)
+    parts = [
+        f'<svg class="calendar" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="Certificates expiring per month, by issuer" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    for tick in range(0, scale_max + 1, step):
+        y = top + plot_h - plot_h * tick / scale_max
+        parts.append(f'<line x1="{left}" x2="{width}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">{tick}</text>')
+    for index, (month, counts) in enumerate(zip(cal.months, cal.counts, strict=True)):
+        x = left + slot * index + (slot - bar_w) / 2
+        y = top + plot_h
+        for issuer in cal.issuers:
+            count = counts.get(issuer, 0)
+            if not count:
+                continue
+            h = plot_h * count / scale_max
+            y -= h
+            label = escape(f"{month:%B %Y}: {count} from {issuer}")
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" rx="2" '
+                f'fill="{colours[issuer]}"><title>{label}</title></rect>'
+            )
+        total = sum(counts.values())
+        if total:
+            parts.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{y - 4:.1f}" class="total" '
+                f'text-anchor="middle">{total}</text>'
+            )
+        parts.append(
+            f'<text x="{x + bar_w / 2:.1f}" y="{height - 8}" class="axis" text-anchor="middle">'
+            f"{month:%b}{'' if month.month != 1 and index else f' {month:%y}'}</text>"
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def _colours(issuers: list[str]) -> dict[str, str]:
+    named = [i for i in issuers if i != "other"]
+    colours = {issuer: PALETTE[i % len(PALETTE)] for i, issuer in enumerate(named)}
+    colours["other"] = OTHER_COLOUR
+    return colours
+
+
+def swatch(colour: str) -> Markup:
+    return Markup(
+        f'<svg class="swatch" viewBox="0 0 10 10" aria-hidden="true"><rect width="10" height="10" rx="2" '
+        f'fill="{escape(colour)}"/></svg>'
+    )
+
+
+TEMPLATES.env.filters.update(time=fmt_time, date=fmt_date)
+TEMPLATES.env.globals.update(swatch=swatch, WEEKDAYS=WEEKDAYS)
+
+
+# --- plumbing ----------------------------------------------------------------------------------
+
+
+def _ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+class Pages:
+    def __init__(self, service: Keychest) -> None:
+        self.service = service
+
+    def signed_in(self, request: Request) -> int | None:
+        return session.current_account_id(self.service, request)
+
+    def to_signin(self, request: Request) -> RedirectResponse:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
+
+    async def db(self, fn: Any, *args: Any, request: Request) -> Any:
+        return await run_in_threadpool(self.service.call, fn, *args, ip=_ip(request))
+
+    def render(
+        self, request: Request, name: str, account: overview.AccountInfo, status: int = 200, **values: Any
+    ) -> HTMLResponse:
+        now = self.service.clock()
+        notice = NOTICES.get(request.query_params.get("done", ""))
+        context = {
+            "account": account,
+            "csrf": session.csrf_token(self.service, request),
+            "now": now,
+            "notice": notice,
+            "days_left": lambda m: days_left(m, now),
+            "ago": lambda m: ago(m, now),
+            "expiry_class": lambda m: expiry_class(m, now),
+            **values,
+        }
+        response = TEMPLATES.TemplateResponse(request, f"dashboard/{name}", context, status_code=status)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    async def form(self, request: Request) -> dict[str, str] | None:
+        """The submitted form, or None when its CSRF token is not this session's."""
+        data = await request.form()
+        values = {k: v for k, v in data.items() if isinstance(v, str)}
+        if not session.csrf_ok(self.service, request, values.get("csrf")):
+            return None
+        return values
+
+
+def _forbidden() -> Response:
+    return HTMLResponse(
+        "<h1>Form expired</h1><p>Reload the page and try again.</p>",
+        status_code=403,
+        headers=SECURITY_HEADERS,
+    )
+
+
+def _back(path: str, done: str) -> RedirectResponse:
+    return RedirectResponse(f"{path}{'&' if '?' in path else '?'}done={done}", status_code=303)
+
+
+def install(app: FastAPI, service: Keychest) -> None:
+    pages = Pages(service)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    async def account_or_none(request: Request) -> overview.AccountInfo | None:
+        account_id = pages.signed_in(request)
+        if account_id is None:
+            return None
+        try:
+            return await pages.db(overview.account, account_id, request=request)
+        except ServiceError:
+            return None  # deleted or blocked since the cookie was made
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def home(request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        data: overview.Overview = await pages.db(overview.overview, account.id, request=request)
+        colours = _colours(data.calendar.issuers)
+        return pages.render(
+            request,
+            "overview.html",
+            account,
+            page="overview",
+            data=data,
+            calendar=calendar_svg(data.calendar),
+            legend=[(issuer, colours[issuer]) for issuer in data.calendar.issuers],
+        )
+
+    @app.get("/servers", response_class=HTMLResponse, include_in_schema=False)
+    async def servers_list(
+        request: Request, q: str = "", sort: str = "expiry", desc: int = 0, p: int = 1
+    ) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        listing = await pages.db(
+            lambda ctx: overview.servers_page(
+                ctx, account.id, query=q[:200], sort=sort, descending=bool(desc), page=p
+            ),
+            request=request,
+        )
+        return pages.render(request, "servers.html", account, page="servers", listing=listing, error=None)
+
+    @app.post("/servers/add", include_in_schema=False)
+    async def servers_add(request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        form = await pages.form(request)
+        if form is None:
+            return _forbidden()
+        try:
+            outcome = await pages.db(
+                servers.add_for_account, account.id, form.get("domain", ""), request=request
+            )
+        except ServiceError as exc:
+            listing = await pages.db(lambda ctx: overview.servers_page(ctx, account.id), request=request)
+            return pages.render(
+                request,
+                "servers.html",
+                account,
+                status=exc.code,
+                page="servers",
+                listing=listing,
+                error=exc.text,
+                typed=form.get("domain", ""),
+            )
+        return _back("/servers", "added" if outcome.created else "exists")
+
+    @app.post("/servers/{endpoint_id}/remove", include_in_schema=False)
+    async def servers_remove(endpoint_id: int, request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        if await pages.form(request) is None:
+            return _forbidden()
+        try:
+            await pages.db(servers.remove_for_account, account.id, endpoint_id, request=request)
+        except ServiceError as exc:
+            return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
+        return _back("/servers", "removed")
+
+    @app.get("/servers/{endpoint_id}", response_class=HTMLResponse, include_in_schema=False)
+    async def server_page(endpoint_id: int, request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        try:
+            detail = await pages.db(overview.server_detail, account.id, endpoint_id, request=request)
+        except ServiceError:
+            return pages.render(request, "missing.html", account, status=404, page="servers", what="server")
+        return pages.render(request, "server.html", account, page="servers", server=detail)
+
+    @app.get("/certificates/{sha256}", response_class=HTMLResponse, include_in_schema=False)
+    async def certificate_page(sha256: str, request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        try:
+            detail = await pages.db(certificates.detail_for_account, account.id, sha256[:64], request=request)
+        except ServiceError:
+            return pages.render(
+                request, "missing.html", account, status=404, page="servers", what="certificate"
+            )
+        return pages.render(request, "certificate.html", account, page="servers", cert=detail)
+
+    @app.get("/keys", response_class=HTMLResponse, include_in_schema=False)
+    async def keys_page(request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        lines = await pages.db(overview.key_lines, account.id, request=request)
+        return pages.render(request, "keys.html", account, page="keys", keys=lines)
+
+    async def key_action(request: Request, key_id: int, fn: Any, done: str) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        if await pages.form(request) is None:
+            return _forbidden()
+        try:
+            await pages.db(fn, account.id, key_id, request=request)
+        except ServiceError as exc:
+            return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
+        return _back("/keys", done)
+
+    @app.post("/keys/{key_id}/revoke", include_in_schema=False)
+    async def key_revoke(key_id: int, request: Request) -> Response:
+        return await key_action(request, key_id, servers.revoke_account_key, "revoked")
+
+    @app.post("/keys/{key_id}/approve", include_in_schema=False)
+    async def key_approve(key_id: int, request: Request) -> Response:
+        return await key_action(request, key_id, servers.approve_account_key, "approved")
+
+    @app.get("/settings", response_class=HTMLResponse, include_in_schema=False)
+    async def settings_page(request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        prefs = await pages.db(_preferences().get, account.id, request=request)
+        return pages.render(request, "settings.html", account, **_settings_values(prefs, None, None))
+
+    @app.post("/settings", include_in_schema=False)
+    async def settings_save(request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        form = await pages.form(request)
+        if form is None:
+            return _forbidden()
+        prefs_module = _preferences()
+        if form.get("action") == "unsubscribe":
+            changes: dict[str, Any] = {"alerts_enabled": False, "weekly_enabled": False}
+        else:
+            try:
+                day = int(form.get("weekly_day", "0"))
+            except ValueError:
+                day = -1  # refused by preferences.update with its own message
+            changes = {
+                "notify_email": form.get("notify_email", "").strip() or None,
+                "expiry_thresholds": form.get("expiry_thresholds", ""),
+                "alerts_enabled": form.get("alerts_enabled") == "on",
+                "weekly_enabled": form.get("weekly_enabled") == "on",
+                "weekly_day": day,
+                "weekly_time": form.get("weekly_time", ""),
+                "timezone": form.get("timezone", "").strip(),
+            }
+        try:
+            await pages.db(lambda ctx: prefs_module.update(ctx, account.id, **changes), request=request)
+        except ServiceError as exc:
+            prefs = await pages.db(prefs_module.get, account.id, request=request)
+            return pages.render(
+                request, "settings.html", account, status=exc.code, **_settings_values(prefs, exc.text, form)
+            )
+        return _back("/settings", "unsubscribed" if form.get("action") == "unsubscribe" else "saved")
+
+    @app.post("/signout", include_in_schema=False)
+    async def signout(request: Request) -> Response:
+        if await pages.form(request) is None:
+            return _forbidden()
+        response = RedirectResponse("/signin", status_code=303)
+        session.sign_out(response)
+        return response
+
+
+def _preferences() -> Any:
+    # The mail side's module; imported when used so the rest of the dashboard works without it.
+    from keychest.service import preferences
+
+    return preferences
+
+
+def _settings_values(prefs: Any, error: str | None, form: dict[str, str] | None) -> dict[str, Any]:
+    values = {
+        "notify_email": prefs.notify_email or "",
+        "expiry_thresholds": ", ".join(str(d) for d in prefs.expiry_thresholds),
+        "alerts_enabled": prefs.alerts_enabled,
+        "weekly_enabled": prefs.weekly_enabled,
+        "weekly_day": prefs.weekly_day,
+        "weekly_time": prefs.weekly_time,
+        "timezone": prefs.timezone,
+    }
+    if form is not None:  # show what was typed, next to the error
+        values.update(
+            {
+                k: form[k]
+                for k in ("notify_email", "expiry_thresholds", "weekly_time", "timezone")
+                if k in form
+            }
+        )
+    return {
+        "page": "settings",
+        "prefs": prefs,
+        "values": values,
+        "error": error,
+        "zones": sorted(zoneinfo.available_timezones()),
+    }

@@ -1,0 +1,190 @@
+"""Prometheus metrics at /metrics.
+
+Two kinds, because keychest may run as several processes (``--role scanner`` and ``api``):
+
+- What the scans found (per endpoint and address: the certificate's not-after, days left,
+  up, trusted, hostname ok, the probe's duration) is read from the database at scrape time
+  by a custom collector, so the api process reports scans done by any scanner process. One
+  query over ``address_states``; cheap even at 10,000 endpoints.
+- What happens inside this process (line API requests, scans it ran, their durations and
+  errors) are ordinary in-memory counters and histograms, fed by ``servers.roles`` through
+  :func:`observe_line` and :func:`observe_scan`.
+
+Names follow blackbox_exporter (``probe_ssl_earliest_cert_expiry``, ``probe_success``)
+with a ``keychest_`` prefix; see docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from sqlalchemy import select
+
+from keychest.service.context import Ctx
+from keychest.service.facade import Keychest
+from keychest.store.models import AddressState, Certificate, Endpoint
+
+if TYPE_CHECKING:
+    from keychest.scan.runner import AddressResult
+    from keychest.service.scans import DueEndpoint
+
+# The *_created series only add noise to dashboards built on these counters.
+disable_created_metrics()
+
+# In-process metrics: one registry per process, shared by every app the process creates.
+PROCESS = CollectorRegistry(auto_describe=True)
+
+LINE_REQUESTS = Counter(
+    "keychest_line_requests",
+    "Line API requests answered, by command and status code.",
+    ["command", "code"],
+    registry=PROCESS,
+)
+SCANS = Counter(
+    "keychest_scans",
+    "Addresses scanned by this process, by resulting state (ok, warning, critical, error).",
+    ["state"],
+    registry=PROCESS,
+)
+SCAN_ERRORS = Counter(
+    "keychest_scan_errors",
+    "Address scans that failed, by error kind (dns, connect, timeout, tls, blocked, ...).",
+    ["kind"],
+    registry=PROCESS,
+)
+SCAN_DURATION = Histogram(
+    "keychest_scan_duration_seconds",
+    "Time to scan one address (connect and TLS handshake), in this process.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=PROCESS,
+)
+
+# Commands are client-chosen text: only known ones become label values (bounded cardinality).
+KNOWN_COMMANDS = frozenset({"apikey", "claim", "add", "expiration", "ping", "maildomain", "help"})
+
+
+def observe_line(command: str, code: int) -> None:
+    name = command.lower() if command and command.lower() in KNOWN_COMMANDS else "other"
+    LINE_REQUESTS.labels(name, str(code)).inc()
+
+
+def observe_scan(item: DueEndpoint, results: Sequence[AddressResult]) -> None:
+    for result in results:
+        SCANS.labels(str(result.state)).inc()
+        SCAN_DURATION.observe(result.elapsed)
+        if result.error is not None:
+            SCAN_ERRORS.labels(str(result.error.kind)).inc()
+
+
+# --- from the database, at scrape time ---------------------------------------------------------
+
+LABELS = ["host", "port", "ip"]
+
+
+def _address_rows(ctx: Ctx) -> list[Any]:
+    return list(
+        ctx.session.execute(
+            select(
+                Endpoint.host,
+                Endpoint.port,
+                AddressState.ip,
+                AddressState.error_kind,
+                AddressState.trusted,
+                AddressState.hostname_ok,
+                AddressState.scan_seconds,
+                AddressState.last_scan_at,
+                Certificate.not_after,
+            )
+            .join(Endpoint, Endpoint.id == AddressState.endpoint_id)
+            .outerjoin(Certificate, Certificate.id == AddressState.certificate_id)
+            .order_by(Endpoint.host, Endpoint.port, AddressState.ip)
+        ).all()
+    )
+
+
+def _epoch(moment: datetime) -> float:
+    return (moment - datetime(1970, 1, 1)).total_seconds()
+
+
+class ScanResultsCollector(Collector):
+    """Per-address gauges, read from the latest scan results in the database."""
+
+    def __init__(self, service: Keychest) -> None:
+        self.service = service
+
+    def describe(self) -> list[Any]:
+        # Described empty: the registry must not call collect() (a query) when registering.
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rows = self.service.read(_address_rows)
+        now = _epoch(self.service.clock())
+        not_after = GaugeMetricFamily(
+            "keychest_ssl_cert_not_after_timestamp_seconds",
+            "The served leaf certificate's not-after, as a Unix timestamp.",
+            labels=LABELS,
+        )
+        days_left = GaugeMetricFamily(
+            "keychest_ssl_cert_days_left",
+            "Days until the served leaf certificate expires (negative once expired).",
+            labels=LABELS,
+        )
+        success = GaugeMetricFamily(
+            "keychest_probe_success",
+            "1 if the last scan of the address completed a TLS handshake, else 0.",
+            labels=LABELS,
+        )
+        trusted = GaugeMetricFamily(
+            "keychest_ssl_cert_trusted",
+            "1 if the served chain verifies against the trust store, else 0.",
+            labels=LABELS,
+        )
+        hostname = GaugeMetricFamily(
+            "keychest_ssl_cert_hostname_ok",
+            "1 if the certificate is valid for the endpoint's name, else 0.",
+            labels=LABELS,
+        )
+        duration = GaugeMetricFamily(
+            "keychest_probe_duration_seconds",
+            "How long the last scan of the address took.",
+            labels=LABELS,
+        )
+        last_scan = GaugeMetricFamily(
+            "keychest_last_scan_timestamp_seconds",
+            "When the address was last scanned, as a Unix timestamp.",
+            labels=LABELS,
+        )
+        for row in rows:
+            labels = [row.host, str(row.port), row.ip]
+            success.add_metric(labels, 0.0 if row.error_kind else 1.0)
+            last_scan.add_metric(labels, _epoch(row.last_scan_at))
+            if row.scan_seconds is not None:
+                duration.add_metric(labels, float(row.scan_seconds))
+            if row.not_after is not None:
+                expiry = _epoch(row.not_after)
+                not_after.add_metric(labels, expiry)
+                days_left.add_metric(labels, round((expiry - now) / 86400, 3))
+            if row.trusted is not None:
+                trusted.add_metric(labels, 1.0 if row.trusted else 0.0)
+            if row.hostname_ok is not None:
+                hostname.add_metric(labels, 1.0 if row.hostname_ok else 0.0)
+        yield from (not_after, days_left, success, trusted, hostname, duration, last_scan)
+
+
+def install(app: FastAPI, service: Keychest) -> None:
+    scans = CollectorRegistry(auto_describe=False)
+    scans.register(ScanResultsCollector(service))
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        # Two registries, one exposition: metric names never overlap between them.
+        body = generate_latest(scans) + generate_latest(PROCESS)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
