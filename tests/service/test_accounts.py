@@ -188,3 +188,53 @@ def test_audit_records_key_events_with_source(svc: Keychest) -> None:
         ("claim", "198.51.100.7"),
         ("domain_added", "198.51.100.8"),
     ]
+
+
+def test_bulk_add_means_the_same_as_one_by_one(db_url: str, clock: Clock) -> None:
+    svc = make_service(db_url, clock, domains_per_unconfirmed_key=3)
+    try:
+        key = svc.call(keys.create).key
+        other = svc.call(keys.create).key
+        svc.call(domains.add, key, "old.example")
+        results = svc.call_batch(
+            [
+                Call(domains.add, (key, "a.example"), "192.0.2.1"),
+                Call(domains.add, (key, "A.example."), "192.0.2.1"),
+                Call(domains.add, (key, "*.bad.example"), "192.0.2.1"),
+                Call(domains.add, ("unknown-key-0000000", "x.example"), "192.0.2.1"),
+                Call(domains.add, (key, "old.example"), "192.0.2.1"),
+                Call(domains.add, (key, "b.example"), "192.0.2.1"),
+                Call(domains.add, (key, "c.example"), "192.0.2.1"),
+                Call(domains.add, (other, "a.example"), "192.0.2.2"),
+            ]
+        )
+        first, again, wildcard, unknown, old, b, over_quota, by_other = results
+        assert first.created and not again.created and again.watch_id == first.watch_id
+        assert isinstance(wildcard, ServiceError) and wildcard.code == 422
+        assert isinstance(unknown, ServiceError) and unknown.code == 401
+        assert not old.created
+        assert b.created
+        assert isinstance(over_quota, ServiceError) and over_quota.code == 403
+        # Another key shares the endpoint, not the watch.
+        assert by_other.created and by_other.endpoint_id == first.endpoint_id
+        listed = sorted((r.domain, r.apikey_prefix) for r in svc.read(domains.list_rows))
+        assert listed == sorted(
+            [
+                ("old.example", key[:8]),
+                ("a.example", key[:8]),
+                ("b.example", key[:8]),
+                ("a.example", other[:8]),
+            ]
+        )
+    finally:
+        svc.db.dispose()
+
+
+def test_bulk_key_creation_respects_the_hourly_quota(db_url: str, clock: Clock) -> None:
+    svc = make_service(db_url, clock, keys_per_ip_per_hour=2)
+    try:
+        results = svc.call_batch([Call(keys.create, (), "192.0.2.1") for _ in range(3)])
+        assert [isinstance(r, ServiceError) for r in results] == [False, False, True]
+        assert len({r.key for r in results[:2]}) == 2
+    finally:
+        svc.db.dispose()

@@ -1,4 +1,8 @@
-"""The `keychest` command: one entry point; each sub-command lives in its own module."""
+"""The `keychest` command: one entry point; each sub-command lives in its own module.
+
+Sub-commands are imported only when they run: `keychest scan` in a cron job should not pay
+for SQLAlchemy and FastAPI, and a checkout missing one module still runs the others.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +12,45 @@ import click
 
 from keychest import __version__
 
+# command name -> (module, attribute)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("keychest.cli.serve", "serve"),
+    "client": ("keychest.cli.client", "client"),
+    "scan": ("keychest.cli.scan", "scan"),
+    "hook": ("keychest.cli.hook", "hook"),
+    "report": ("keychest.cli.report", "report"),
+    "domains": ("keychest.cli.admin", "domains_cmd"),
+    "keys": ("keychest.cli.admin", "keys_cmd"),
+    "accounts": ("keychest.cli.admin", "accounts_cmd"),
+    "outbox": ("keychest.cli.admin", "outbox_cmd"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in COMMANDS if self._load(name) is not None)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load(cmd_name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, attribute = COMMANDS[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            return None
+        command = getattr(module, attribute, None)
+        return command if isinstance(command, click.Command) else None
+
+
+@click.group(
+    cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="keychest")
 def main() -> None:
     """Self-hosted TLS certificate monitoring that any server joins with nothing but bash."""
-
-
-# Sub-commands whose modules may not all exist yet in a partial checkout are skipped,
-# so that one missing piece never takes the whole command down.
-_COMMANDS = {
-    "keychest.cli.serve": ["serve"],
-    "keychest.cli.admin": ["domains_cmd", "keys_cmd", "accounts_cmd", "outbox_cmd"],
-    "keychest.cli.client": ["client"],
-    "keychest.cli.scan": ["scan"],
-    "keychest.cli.hook": ["hook"],
-    "keychest.cli.report": ["report"],
-}
-
-for _module, _names in _COMMANDS.items():
-    try:
-        _mod = importlib.import_module(_module)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _module:
-            raise
-        continue
-    for _name in _names:
-        if hasattr(_mod, _name):
-            main.add_command(getattr(_mod, _name))

@@ -1,11 +1,18 @@
-"""What each line API command means: requests to service calls, results to responses."""
+"""What each line API command means: requests to service calls, results to responses.
+
+Answers that need no database come back at once as a Response; the rest come back as a
+future the write batcher resolves after its commit. No coroutine per request: on the hot
+path of a bash client that opens one connection per request, every allocation counts.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from keychest.protocol.line import Request, Response, help_text
 from keychest.servers.ratelimit import SlidingWindow
@@ -22,26 +29,54 @@ CLAIM_TEXT = {
     "placeholder": "claimed with a placeholder address; claim again with a real one to get mail",
 }
 
+# Submits a call to the writer; the returned future resolves to finish(result) or the error.
+Submit = Callable[[Call, Callable[[Any], Response]], "asyncio.Future[Response]"]
+
+
+def _issued(issued: keys.IssuedKey) -> Response:
+    return Response(200, "new API key; keep it", data=issued.key)
+
+
+def _claimed(outcome: accounts.ClaimOutcome) -> Response:
+    return Response(200, CLAIM_TEXT[outcome.outcome])
+
+
+def _added(added: domains.AddOutcome) -> Response:
+    return Response(200, f"{'added' if added.created else 'already monitored'} {added.domain}")
+
+
+def _expiration(facts: dict[str, str]) -> Response:
+    text = "not scanned yet" if facts["state"] == "pending" else "scanned"
+    return Response(200, text, data=" ".join(f"{k}={v}" for k, v in facts.items()))
+
+
+def result_response(result: object, finish: Callable[[Any], Response]) -> Response:
+    """Turn what the writer returned for one call into the response the client gets."""
+    if isinstance(result, ServiceError):
+        return Response(result.code, result.text)
+    if isinstance(result, BaseException):
+        from sqlalchemy.exc import OperationalError
+
+        log.error("write failed: %r", result)
+        code = 503 if isinstance(result, OperationalError) else 500
+        return Response(code, "storage unavailable; nothing was changed, retry")
+    try:
+        return finish(result)
+    except Exception:
+        log.exception("formatting a result failed")
+        return Response(500, "internal error")
+
 
 @dataclass
 class Dispatcher:
     service: Keychest
-    submit_write: Callable[[Call], Awaitable[object]]
+    submit: Submit
 
     def __post_init__(self) -> None:
         limits = self.service.settings.limits
         self._apikey_burst = SlidingWindow(limits.apikey_burst_per_ip, limits.apikey_burst_window_s)
 
-    async def handle(self, request: Request, ip: str | None) -> Response:
-        try:
-            return await self._handle(request, ip)
-        except ServiceError as exc:
-            return Response(exc.code, exc.text)
-        except Exception:
-            log.exception("request %s failed", request.command)
-            return Response(500, "internal error; nothing was changed")
-
-    async def _handle(self, request: Request, ip: str | None) -> Response:
+    def handle(self, request: Request, ip: str | None) -> Response | asyncio.Future[Response]:
         cmd = request.command
         if cmd == "ping":
             return Response(200, "pong")
@@ -52,35 +87,14 @@ class Dispatcher:
         if cmd == "apikey":
             if ip is not None and not self._apikey_burst.allow(ip, time.monotonic()):
                 return Response(429, "too many new API keys from your address; slow down")
-            issued = await self._write(keys.create, (), ip)
-            return Response(200, "new API key; keep it", data=issued.key)
+            return self.submit(Call(keys.create, (), ip), _issued)
         if cmd == "claim":
-            outcome = await self._write(accounts.claim, (request.get("apikey"), request.get("email")), ip)
-            return Response(200, CLAIM_TEXT[outcome.outcome])
-        if cmd == "add":
-            added = await self._write(domains.add, (request.get("apikey"), request.get("domain")), ip)
-            word = "added" if added.created else "already monitored"
-            return Response(200, f"{word} {added.domain}")
-        if cmd == "expiration":
-            facts = await self._write(
-                scans.expiration_facts, (request.get("apikey"), request.get("domain")), ip
+            return self.submit(
+                Call(accounts.claim, (request.get("apikey"), request.get("email")), ip), _claimed
             )
-            text = "not scanned yet" if facts["state"] == "pending" else "scanned"
-            return Response(200, text, data=" ".join(f"{k}={v}" for k, v in facts.items()))
+        if cmd == "add":
+            return self.submit(Call(domains.add, (request.get("apikey"), request.get("domain")), ip), _added)
+        if cmd == "expiration":
+            args = (request.get("apikey"), request.get("domain"))
+            return self.submit(Call(scans.expiration_facts, args, ip), _expiration)
         return Response(404, "unknown command")
-
-    async def _write(self, fn: Callable[..., object], args: tuple[object, ...], ip: str | None):  # type: ignore[no-untyped-def]
-        result = await self.submit_write(Call(fn, args, ip))
-        if isinstance(result, ServiceError):
-            raise result
-        if isinstance(result, BaseException):
-            log.error("write failed: %r", result)
-            return_code = 503 if _is_unavailable(result) else 500
-            raise ServiceError(return_code, "error", "storage unavailable; nothing was changed, retry")
-        return result
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    from sqlalchemy.exc import OperationalError
-
-    return isinstance(exc, OperationalError)

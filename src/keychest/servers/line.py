@@ -2,86 +2,281 @@
 
 Every rule lives elsewhere: framing and parsing in ``protocol.line``, the meaning of a
 request in ``servers.dispatch``, accounts and domains in ``service``. What this module adds
-is what only a server can: reading with time-outs, one write per response, a cap on
-connections, and a writer task that commits many requests at once.
+is what only a server can: time-outs, one write per response in request order, a cap on
+connections, back-pressure, and a writer thread that commits many requests at once.
+
+It is an ``asyncio.Protocol`` rather than streams: a bash client opens a connection per
+request, and a task plus ``wait_for`` per read cost a third of the throughput.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from typing import Any
 
 from keychest.config import LineServerSettings
 from keychest.protocol.line import LineError, LineFramer, Response, format_response, parse_request
-from keychest.servers.dispatch import Dispatcher
+from keychest.servers.dispatch import Dispatcher, result_response
 from keychest.service.facade import Call, Keychest
 
 log = logging.getLogger("keychest.line")
 
-READ_CHUNK = 4096
 # Many requests under one commit; bounded so one batch cannot hold the writer for long.
-MAX_BATCH = 512
+MAX_BATCH = 1000
+# A client that pipelines without reading its answers is paused at this many pending.
+MAX_PENDING_PER_CONNECTION = 64
+
+OVERLOADED = format_response(Response(503, "too many connections; retry later"))
+TOO_LONG = format_response(LineError(413, "line too long").response())
 
 
-@dataclass
 class WriteBatcher:
-    """Queues writes and runs them in batches on one thread: one commit, one fsync, per batch."""
+    """Collects writes and runs them in batches on one thread: one commit, one fsync, per batch."""
 
-    service: Keychest
-    _queue: asyncio.Queue[tuple[Call, asyncio.Future[object]]] = field(default_factory=asyncio.Queue)
-    _executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="keychest-writer")
-    )
-    _task: asyncio.Task[None] | None = None
+    def __init__(self, service: Keychest) -> None:
+        self.service = service
+        self._pending: list[tuple[Call, Callable[[Any], Response], asyncio.Future[Response]]] = []
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="keychest-writer")
+        self._busy = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.batches = 0
+        self.calls = 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="line-writer")
+        self._loop = asyncio.get_running_loop()
 
-    async def submit(self, call: Call) -> object:
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        await self._queue.put((call, future))
-        return await future
+    def submit(self, call: Call, finish: Callable[[Any], Response]) -> asyncio.Future[Response]:
+        assert self._loop is not None, "start() first"
+        future: asyncio.Future[Response] = self._loop.create_future()
+        self._pending.append((call, finish, future))
+        if not self._busy:
+            self._run_next()
+        return future
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = [await self._queue.get()]
-            while len(items) < MAX_BATCH and not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            calls = [call for call, _ in items]
-            try:
-                results = await loop.run_in_executor(self._executor, self.service.call_batch, calls)
-            except Exception as exc:  # the database failed: nothing in this batch committed
-                log.exception("write batch of %d failed", len(items))
-                results = [exc] * len(items)
-            for (_, future), result in zip(items, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+    def _run_next(self) -> None:
+        assert self._loop is not None
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        self._busy = True
+        done = self._loop.run_in_executor(self._executor, self._commit, [call for call, _, _ in batch])
+        done.add_done_callback(lambda fut: self._finished(batch, fut))
+
+    def _commit(self, calls: list[Call]) -> list[object]:
+        try:
+            return self.service.call_batch(calls)
+        except Exception as exc:  # the database failed: nothing in this batch committed
+            log.exception("write batch of %d failed", len(calls))
+            return [exc] * len(calls)
+
+    def _finished(self, batch: list, fut: asyncio.Future[list[object]]) -> None:  # type: ignore[type-arg]
+        results = fut.result() if not fut.cancelled() else [RuntimeError("cancelled")] * len(batch)
+        self.batches += 1
+        self.calls += len(batch)
+        for (_, finish, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result_response(result, finish))
+        self._busy = False
+        if self._pending:
+            self._run_next()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        # Let what was accepted finish: its clients are waiting for a durable answer.
+        while self._busy or self._pending:
+            await asyncio.sleep(0.01)
         self._executor.shutdown(wait=True)
 
 
-@dataclass
+class LineConnection(asyncio.Protocol):
+    """One client: requests in, answers out in the same order, each in one write."""
+
+    def __init__(self, server: LineServer) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.framer = LineFramer()
+        self.outq: deque[bytes | asyncio.Future[Response]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.ip: str | None = None
+        self.answered = 0
+        self.closing = False
+        self.reading_paused = False
+        self.writing_paused = False
+        self.last_activity = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.pause_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        server = self.server
+        server.connections.add(self)
+        if len(server.connections) > self.settings.max_connections:
+            transport.write(OVERLOADED)
+            server.count("overload", 503)
+            self._close()
+            return
+        peer = transport.get_extra_info("peername")
+        self.ip = peer[0] if peer else None
+        loop = server.loop
+        self.last_activity = loop.time()
+        self.idle_timer = loop.call_at(self.last_activity + self.settings.idle_timeout_s, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_activity = self.server.loop.time()
+        for line in self.framer.feed(data):
+            self._request(line)
+        if self.framer.overflowed:
+            self.outq.append(TOO_LONG)
+            self.server.count("invalid", 413)
+            self.closing = True
+        elif self.framer.has_pending:
+            # The `echo -ne` case: no newline, so a short pause ends the request.
+            if self.pause_timer is not None:
+                self.pause_timer.cancel()
+            self.pause_timer = self.server.loop.call_later(
+                self.settings.partial_line_pause_s, self._flush_partial
+            )
+        self._flush()
+
+    def eof_received(self) -> bool:
+        if self.framer.has_pending and not self.closing:
+            self._request(self.framer.take_pending())
+        self.closing = True
+        self._flush()
+        return True  # keep the socket open for writing until every answer went out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        for timer in (self.idle_timer, self.pause_timer):
+            if timer is not None:
+                timer.cancel()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._update_reading()
+
+    # -- requests and answers -----------------------------------------------------------
+
+    def _request(self, line: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            request = parse_request(line)
+        except LineError as exc:
+            self.outq.append(format_response(exc.response()))
+            self.server.count("invalid", exc.code)
+            return
+        if request is None:
+            return
+        self.answered += 1
+        if self.answered >= self.settings.max_requests_per_connection:
+            self.closing = True
+        try:
+            answer = self.server.dispatcher.handle(request, self.ip)
+        except Exception:
+            log.exception("request %s failed", request.command)
+            answer = Response(500, "internal error; nothing was changed")
+        if isinstance(answer, Response):
+            self.outq.append(format_response(answer))
+            self.server.count(request.command, answer.code)
+        else:
+            command = request.command
+            answer.add_done_callback(lambda fut: self._answered(command, fut))
+            self.outq.append(answer)
+            self._update_reading()
+
+    def _answered(self, command: str, future: asyncio.Future[Response]) -> None:
+        if not future.cancelled():
+            self.server.count(command, future.result().code)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write every answer that is ready, in request order; close when done and asked to."""
+        transport = self.transport
+        if transport is None:
+            return
+        outq = self.outq
+        while outq:
+            head = outq[0]
+            if isinstance(head, bytes):
+                transport.write(head)
+            elif head.done():
+                if head.cancelled():
+                    outq.popleft()
+                    continue
+                transport.write(format_response(head.result()))
+            else:
+                break
+            outq.popleft()
+        self._update_reading()
+        if self.closing and not outq:
+            self._close()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        busy = self.writing_paused or len(self.outq) >= MAX_PENDING_PER_CONNECTION
+        if busy and not self.reading_paused:
+            transport.pause_reading()
+            self.reading_paused = True
+        elif not busy and self.reading_paused:
+            transport.resume_reading()
+            self.reading_paused = False
+
+    def _flush_partial(self) -> None:
+        self.pause_timer = None
+        if self.framer.has_pending and not self.closing:
+            self._request(self.framer.take_pending())
+            self._flush()
+
+    def _check_idle(self) -> None:
+        loop = self.server.loop
+        deadline = self.last_activity + self.settings.idle_timeout_s
+        if self.outq or loop.time() < deadline:
+            # Activity since the timer was set (or answers still owed): look again later.
+            self.idle_timer = loop.call_at(max(deadline, loop.time() + 0.05), self._check_idle)
+            return
+        self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
 class LineServer:
-    settings: LineServerSettings
-    dispatcher: Dispatcher
-    on_response: Callable[[str, int], None] | None = None
-    connections: int = 0
-    _server: asyncio.Server | None = None
-    _handlers: set[asyncio.Task[None]] = field(default_factory=set)
+    def __init__(
+        self,
+        settings: LineServerSettings,
+        dispatcher: Dispatcher,
+        on_response: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.on_response = on_response
+        self.connections: set[LineConnection] = set()
+        self._server: asyncio.Server | None = None
+        self.loop = asyncio.get_event_loop()
+
+    def count(self, command: str, code: int) -> None:
+        if self.on_response is not None:
+            self.on_response(command, code)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, self.settings.host, self.settings.port, backlog=4096, limit=READ_CHUNK * 4
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            lambda: LineConnection(self), self.settings.host, self.settings.port, backlog=4096
         )
         names = ", ".join(str(s.getsockname()[:2]) for s in self._server.sockets)
         log.info("line API listening on %s", names)
@@ -91,75 +286,12 @@ class LineServer:
         assert self._server is not None
         return [s.getsockname()[1] for s in self._server.sockets]
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting; give open connections a moment to receive what they are owed."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        if self._handlers:
-            await asyncio.gather(*self._handlers, return_exceptions=True)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        self.connections += 1
-        try:
-            if self.connections > self.settings.max_connections:
-                await self._send(writer, "overload", Response(503, "too many connections; retry later"))
-                return
-            await self._serve(reader, writer)
-        except (ConnectionError, asyncio.CancelledError, TimeoutError):
-            pass
-        except Exception:
-            log.exception("line connection failed")
-        finally:
-            self.connections -= 1
-            self._handlers.discard(task)
-            writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        ip = peer[0] if peer else None
-        framer = LineFramer()
-        answered = 0
-        settings = self.settings
-        while answered < settings.max_requests_per_connection:
-            # A partial line waits only a short pause for the rest (the `echo -ne` case).
-            wait = settings.partial_line_pause_s if framer.has_pending else settings.idle_timeout_s
-            try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), wait)
-            except TimeoutError:
-                if not framer.has_pending:
-                    return  # idle: a half-open or forgotten client
-                data = None
-            if data is None or data == b"":
-                lines = [framer.take_pending()] if framer.has_pending else []
-            else:
-                lines = framer.feed(data)
-            for line in lines:
-                if await self._answer(writer, line, ip):
-                    answered += 1
-            if framer.overflowed:
-                await self._send(writer, "-", LineError(413, "line too long").response())
-                return
-            if data == b"":
-                return
-
-    async def _answer(self, writer: asyncio.StreamWriter, line: bytes, ip: str | None) -> bool:
-        try:
-            request = parse_request(line)
-        except LineError as exc:
-            await self._send(writer, "invalid", exc.response())
-            return True
-        if request is None:
-            return False
-        response = await self.dispatcher.handle(request, ip)
-        await self._send(writer, request.command, response)
-        return True
-
-    async def _send(self, writer: asyncio.StreamWriter, command: str, response: Response) -> None:
-        writer.write(format_response(response))  # one write per response (PROTOCOL.md)
-        await writer.drain()
-        if self.on_response is not None:
-            self.on_response(command, response.code)
+        deadline = self.loop.time() + grace_s
+        while any(c.outq for c in self.connections) and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections):
+            connection._close()

@@ -30,6 +30,26 @@ def record(
     )
 
 
+def record_many(ctx: Ctx, rows: list[dict[str, object]]) -> None:
+    """Many events at once; each row has the keyword arguments of :func:`record` plus ``ip``."""
+    if rows:
+        ctx.session.execute(
+            insert(AuditEvent.__table__),
+            [
+                {
+                    "at": ctx.now,
+                    "event": row["event"],
+                    "ip": row.get("ip"),
+                    "api_key_id": row.get("api_key_id"),
+                    "account_id": row.get("account_id"),
+                    "subject": row.get("subject"),
+                    "detail": row.get("detail"),
+                }
+                for row in rows
+            ],
+        )
+
+
 def recent(ctx: Ctx, *, limit: int = 100) -> list[AuditEvent]:
     rows = ctx.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
     return list(rows)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import idna
-from sqlalchemy import func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from keychest.service import audit, errors, keys
+from keychest.service.bulk import bulk_of, chunks, only
 from keychest.service.context import Ctx
+from keychest.service.errors import ServiceError
 from keychest.store.models import Account, ApiKey, Endpoint, Watch
 
 LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -71,9 +75,7 @@ def parse_domain(text: str) -> DomainName:
         if len(label) > 63:
             raise errors.invalid(f"label longer than 63 characters: {label[:20]}...")
         if not LABEL.fullmatch(label):
-            raise errors.invalid(
-                f"bad characters in {label!r}: a label is a-z, 0-9 and inner hyphens"
-            )
+            raise errors.invalid(f"bad characters in {label!r}: a label is a-z, 0-9 and inner hyphens")
         if label.startswith("xn--"):
             try:
                 idna.decode(label)
@@ -123,69 +125,169 @@ class AddOutcome:
     created: bool
 
 
-def _key_is_confirmed(ctx: Ctx, key: ApiKey) -> bool:
-    if key.state != "active" or key.account_id is None:
-        return False
-    state = ctx.session.scalar(select(Account.state).where(Account.id == key.account_id))
-    return state == "active"
-
-
-def _endpoint_id(ctx: Ctx, domain: DomainName) -> int:
-    found = ctx.session.scalar(
-        select(Endpoint.id).where(Endpoint.host == domain.host, Endpoint.port == domain.port)
-    )
-    if found is not None:
-        return found
-    try:
-        # A savepoint: a concurrent writer (another process on PostgreSQL) may win the race.
-        with ctx.session.begin_nested():
-            return ctx.session.execute(
-                insert(Endpoint)
-                .values(host=domain.host, port=domain.port, created_at=ctx.now, next_scan_at=ctx.now)
-                .returning(Endpoint.id)
-            ).scalar_one()
-    except IntegrityError:
-        return ctx.session.execute(
-            select(Endpoint.id).where(Endpoint.host == domain.host, Endpoint.port == domain.port)
-        ).scalar_one()
-
-
 def add(ctx: Ctx, raw_key: str, domain_text: str) -> AddOutcome:
     """Put a domain under monitoring for a key's account. Idempotent."""
-    key = keys.use(ctx, raw_key)
-    if key.state == "revoked":
-        raise errors.forbidden("API key revoked")
-    domain = parse_domain(domain_text)
-    endpoint_id = _endpoint_id(ctx, domain)
-    existing = ctx.session.scalar(
-        select(Watch.id).where(Watch.api_key_id == key.id, Watch.endpoint_id == endpoint_id)
-    )
-    if existing is None and key.account_id is not None:
-        # Idempotent per account: another key of the same account already watches it.
-        existing = ctx.session.scalar(
-            select(Watch.id)
+    return only(add_many(ctx, [(ctx.ip, (raw_key, domain_text))]))
+
+
+@bulk_of(add)
+def add_many(
+    ctx: Ctx, items: Sequence[tuple[str | None, tuple[str, str]]]
+) -> list[AddOutcome | ServiceError]:
+    """Many adds in a handful of statements, whatever their number: the line API's group commit."""
+    results: list[AddOutcome | ServiceError | None] = [None] * len(items)
+    used = keys.use_many(ctx, [(ip, raw_key) for ip, (raw_key, _) in items])
+    todo: list[tuple[int, str | None, ApiKey, DomainName]] = []
+    for index, (ip, (raw_key, domain_text)) in enumerate(items):
+        key = used[raw_key]
+        if isinstance(key, ServiceError):
+            results[index] = key
+            continue
+        try:
+            todo.append((index, ip, key, parse_domain(domain_text)))
+        except ServiceError as exc:
+            results[index] = exc
+    if not todo:
+        return results  # type: ignore[return-value]
+
+    endpoint_ids = _endpoint_ids(ctx, {(d.host, d.port) for _, _, _, d in todo})
+    key_ids = {key.id for _, _, key, _ in todo}
+    account_ids = {key.account_id for _, _, key, _ in todo if key.account_id is not None}
+    wanted_endpoints = set(endpoint_ids.values())
+    # (key id or ("account", id), endpoint id) -> watch id, for every watch that already exists
+    watched: dict[tuple[object, int], int] = {}
+    for chunk in chunks(wanted_endpoints):
+        for watch_id, key_id, endpoint_id, account_id, key_state in ctx.session.execute(
+            select(Watch.id, Watch.api_key_id, Watch.endpoint_id, ApiKey.account_id, ApiKey.state)
             .join(ApiKey, ApiKey.id == Watch.api_key_id)
-            .where(ApiKey.account_id == key.account_id, Watch.endpoint_id == endpoint_id)
-            .limit(1)
-        )
-    if existing is not None:
-        return AddOutcome(domain, existing, endpoint_id, created=False)
+            .where(Watch.endpoint_id.in_(chunk))
+            .where(or_(Watch.api_key_id.in_(key_ids), ApiKey.account_id.in_(account_ids)))
+        ):
+            watched.setdefault((key_id, endpoint_id), watch_id)
+            if account_id is not None and key_state == "active":
+                watched.setdefault((("account", account_id), endpoint_id), watch_id)
+
     limit = ctx.settings.limits.domains_per_unconfirmed_key
-    if limit > 0 and not _key_is_confirmed(ctx, key):
-        count = ctx.session.scalar(
-            select(func.count()).select_from(Watch).where(Watch.api_key_id == key.id)
-        )
-        if count is not None and count >= limit:
-            raise errors.forbidden(
-                f"quota: {limit} domains per API key until its email is confirmed"
+    counts: dict[int, int] = {}
+    if limit > 0:
+        confirmed = _confirmed_accounts(ctx, account_ids)
+        capped = [
+            key.id for _, _, key, _ in todo if not (key.state == "active" and key.account_id in confirmed)
+        ]
+        for chunk in chunks(set(capped)):
+            counts.update(
+                ctx.session.execute(
+                    select(Watch.api_key_id, func.count())
+                    .where(Watch.api_key_id.in_(chunk))
+                    .group_by(Watch.api_key_id)
+                ).all()
             )
-    watch_id = ctx.session.execute(
-        insert(Watch)
-        .values(api_key_id=key.id, endpoint_id=endpoint_id, added_at=ctx.now, added_ip=ctx.ip)
-        .returning(Watch.id)
-    ).scalar_one()
-    audit.record(ctx, "domain_added", api_key_id=key.id, account_id=key.account_id, subject=str(domain))
-    return AddOutcome(domain, watch_id, endpoint_id, created=True)
+            for key_id in chunk:
+                counts.setdefault(key_id, 0)
+
+    new_rows: list[dict[str, object]] = []
+    placed: dict[tuple[int, int], int] = {}  # (key id, endpoint id) -> position in new_rows
+    pending: list[tuple[int, DomainName, int, int]] = []  # (item index, domain, endpoint, row position)
+    for index, ip, key, domain in todo:
+        endpoint_id = endpoint_ids[(domain.host, domain.port)]
+        existing = watched.get((key.id, endpoint_id))
+        if existing is None and key.state == "active" and key.account_id is not None:
+            # Idempotent per account: another key of the same account already watches it.
+            existing = watched.get((("account", key.account_id), endpoint_id))
+        if existing is not None:
+            results[index] = AddOutcome(domain, existing, endpoint_id, created=False)
+            continue
+        position = placed.get((key.id, endpoint_id))
+        if position is not None:  # the same add twice in one batch
+            pending.append((index, domain, endpoint_id, -1 - position))
+            continue
+        if key.id in counts:
+            if counts[key.id] >= limit:
+                results[index] = errors.forbidden(
+                    f"quota: {limit} domains per API key until its email is confirmed"
+                )
+                continue
+            counts[key.id] += 1
+        placed[(key.id, endpoint_id)] = len(new_rows)
+        pending.append((index, domain, endpoint_id, len(new_rows)))
+        new_rows.append(
+            {
+                "api_key_id": key.id,
+                "endpoint_id": endpoint_id,
+                "added_at": ctx.now,
+                "added_ip": ip,
+                "_account_id": key.account_id,
+                "_domain": str(domain),
+            }
+        )
+    watch_ids: list[int] = []
+    if new_rows:
+        columns = ("api_key_id", "endpoint_id", "added_at", "added_ip")
+        watch_ids = list(
+            ctx.session.scalars(
+                insert(Watch.__table__).returning(Watch.id, sort_by_parameter_order=True),
+                [{c: row[c] for c in columns} for row in new_rows],
+            )
+        )
+        audit.record_many(
+            ctx,
+            [
+                {
+                    "event": "domain_added",
+                    "ip": row["added_ip"],
+                    "api_key_id": row["api_key_id"],
+                    "account_id": row["_account_id"],
+                    "subject": row["_domain"],
+                }
+                for row in new_rows
+            ],
+        )
+    for index, domain, endpoint_id, position in pending:
+        created = position >= 0
+        watch_id = watch_ids[position if created else -1 - position]
+        results[index] = AddOutcome(domain, watch_id, endpoint_id, created=created)
+    return results  # type: ignore[return-value]
+
+
+def _confirmed_accounts(ctx: Ctx, account_ids: set[int]) -> set[int]:
+    confirmed: set[int] = set()
+    for chunk in chunks(account_ids):
+        confirmed.update(
+            ctx.session.scalars(select(Account.id).where(Account.id.in_(chunk), Account.state == "active"))
+        )
+    return confirmed
+
+
+def _endpoint_ids(ctx: Ctx, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """Ids of endpoints by (host, port), creating the missing ones (due for a scan now)."""
+    found = _select_endpoints(ctx, wanted)
+    missing = wanted - found.keys()
+    if missing:
+        # ON CONFLICT DO NOTHING: another process (PostgreSQL) may create the same one meanwhile.
+        dialect = ctx.session.get_bind().dialect.name
+        make = sqlite_insert if dialect == "sqlite" else pg_insert
+        ctx.session.execute(
+            make(Endpoint.__table__).on_conflict_do_nothing(index_elements=["host", "port"]),
+            [
+                {"host": host, "port": port, "created_at": ctx.now, "next_scan_at": ctx.now}
+                for host, port in sorted(missing)
+            ],
+        )
+        found.update(_select_endpoints(ctx, missing))
+    return found
+
+
+def _select_endpoints(ctx: Ctx, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    # By host alone: `host IN (...)` walks the unique (host, port) index, where a row-value
+    # `(host, port) IN (...)` makes SQLite scan the whole table.
+    found: dict[tuple[str, int], int] = {}
+    for chunk in chunks({host for host, _ in wanted}):
+        for endpoint_id, host, port in ctx.session.execute(
+            select(Endpoint.id, Endpoint.host, Endpoint.port).where(Endpoint.host.in_(chunk))
+        ):
+            if (host, port) in wanted:
+                found[(host, port)] = endpoint_id
+    return found
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from keychest.config import Settings
+from keychest.service.bulk import BULK_VARIANTS
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
 from keychest.store.db import Database
@@ -51,16 +52,34 @@ class Keychest:
     def call_batch(self, calls: Sequence[Call]) -> list[Any | ServiceError]:
         """Run calls under one commit. A call that raises ServiceError is rolled back alone.
 
-        Any other exception aborts the whole batch (nothing is acknowledged): the caller
-        answers every request with 500, and none has been reported ok.
+        Calls of a function with a bulk variant (service.bulk) run together through it, in a
+        handful of statements whatever their number. Any other exception aborts the whole
+        batch (nothing is acknowledged): the caller answers every request with an error,
+        and none has been reported ok.
         """
-        results: list[Any | ServiceError] = []
+        results: list[Any | ServiceError] = [None] * len(calls)
+        groups: dict[Callable[..., Any], list[int]] = {}
+        for index, call in enumerate(calls):
+            groups.setdefault(call.fn, []).append(index)
         with self.db.write() as session:
             now = self.clock()
-            for call in calls:
-                try:
-                    with session.begin_nested():
-                        results.append(call.fn(Ctx(session, self.settings, now, call.ip), *call.args))
-                except ServiceError as exc:
-                    results.append(exc)
+            for fn, indexes in groups.items():
+                many = BULK_VARIANTS.get(fn)
+                if many is not None and len(indexes) > 1:
+                    items = [(calls[i].ip, calls[i].args) for i in indexes]
+                    try:
+                        with session.begin_nested():
+                            outs = many(Ctx(session, self.settings, now, None), items)
+                    except ServiceError as exc:
+                        outs = [exc] * len(indexes)
+                    for index, out in zip(indexes, outs, strict=True):
+                        results[index] = out
+                    continue
+                for index in indexes:
+                    call = calls[index]
+                    try:
+                        with session.begin_nested():
+                            results[index] = fn(Ctx(session, self.settings, now, call.ip), *call.args)
+                    except ServiceError as exc:
+                        results[index] = exc
         return results

@@ -7,13 +7,16 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func, insert, select
 
 from keychest.service import audit, errors
+from keychest.service.bulk import bulk_of, chunks, only
 from keychest.service.context import Ctx
+from keychest.service.errors import ServiceError
 from keychest.store.models import ApiKey
 
 # What the line API and REST accept as a key: also what a client may choose (REST claim).
@@ -43,57 +46,111 @@ def hash_key(key: str) -> str:
 
 def create(ctx: Ctx, *, key: str | None = None) -> IssuedKey:
     """Make a new unclaimed key (``key`` lets a REST client choose its own)."""
+    return only(create_many(ctx, [(ctx.ip, (key,) if key is not None else ())]))
+
+
+@bulk_of(create)
+def create_many(
+    ctx: Ctx, items: Sequence[tuple[str | None, tuple[str, ...]]]
+) -> list[IssuedKey | ServiceError]:
+    results: list[IssuedKey | ServiceError | None] = [None] * len(items)
     limit = ctx.settings.limits.keys_per_ip_per_hour
-    if limit > 0 and ctx.ip is not None:
+    made: dict[str | None, int] = {}
+    if limit > 0:
         since = ctx.now - timedelta(hours=1)
-        made = ctx.session.scalar(
-            select(func.count())
-            .select_from(ApiKey)
-            .where(ApiKey.created_ip == ctx.ip, ApiKey.created_at >= since)
+        for chunk in chunks({ip for ip, _ in items if ip is not None}):
+            made.update(
+                ctx.session.execute(
+                    select(ApiKey.created_ip, func.count())
+                    .where(ApiKey.created_ip.in_(chunk), ApiKey.created_at >= since)
+                    .group_by(ApiKey.created_ip)
+                ).all()
+            )
+    rows: list[tuple[int, str, str | None]] = []  # (item index, raw key, ip)
+    for index, (ip, args) in enumerate(items):
+        if limit > 0 and ip is not None:
+            if made.get(ip, 0) >= limit:
+                results[index] = errors.rate_limited(f"too many new API keys from {ip}; try again later")
+                continue
+            made[ip] = made.get(ip, 0) + 1
+        raw = args[0] if args else generate_key()
+        if not KEY_PATTERN.fullmatch(raw):
+            results[index] = errors.invalid("an API key is 16 to 64 of A-Z a-z 0-9 -")
+            continue
+        rows.append((index, raw, ip))
+    chosen = [hash_key(raw) for index, raw, _ in rows if items[index][1]]
+    if chosen:
+        # A client-chosen key may exist already; a generated one has 160 random bits.
+        taken = set(ctx.session.scalars(select(ApiKey.key_hash).where(ApiKey.key_hash.in_(chosen))))
+        for row in [row for row in rows if hash_key(row[1]) in taken]:
+            results[row[0]] = errors.forbidden("that API key is taken; choose another")
+            rows.remove(row)
+    if rows:
+        ids = ctx.session.scalars(
+            insert(ApiKey.__table__).returning(ApiKey.id, sort_by_parameter_order=True),
+            [
+                {
+                    "key_hash": hash_key(raw),
+                    "prefix": raw[:PREFIX_LEN],
+                    "state": "unclaimed",
+                    "created_at": ctx.now,
+                    "created_ip": ip,
+                }
+                for _, raw, ip in rows
+            ],
+        ).all()
+        for (index, raw, _), key_id in zip(rows, ids, strict=True):
+            results[index] = IssuedKey(key_id, raw, raw[:PREFIX_LEN])
+        audit.record_many(
+            ctx,
+            [
+                {"event": "key_created", "ip": ip, "api_key_id": key_id, "subject": raw[:PREFIX_LEN]}
+                for (_, raw, ip), key_id in zip(rows, ids, strict=True)
+            ],
         )
-        if made is not None and made >= limit:
-            raise errors.rate_limited(f"too many new API keys from {ctx.ip}; try again later")
-    raw = key if key is not None else generate_key()
-    if not KEY_PATTERN.fullmatch(raw):
-        raise errors.invalid("an API key is 16 to 64 of A-Z a-z 0-9 -")
-    key_id = ctx.session.execute(
-        insert(ApiKey)
-        .values(
-            key_hash=hash_key(raw),
-            prefix=raw[:PREFIX_LEN],
-            state="unclaimed",
-            created_at=ctx.now,
-            created_ip=ctx.ip,
-        )
-        .returning(ApiKey.id)
-    ).scalar_one()
-    audit.record(ctx, "key_created", api_key_id=key_id, subject=raw[:PREFIX_LEN])
-    return IssuedKey(key_id, raw, raw[:PREFIX_LEN])
+    return results  # type: ignore[return-value]
 
 
 def find(ctx: Ctx, raw: str) -> ApiKey | None:
-    if not KEY_PATTERN.fullmatch(raw):
-        return None
-    digest = hash_key(raw)
-    row = ctx.session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
-    # The index found the row by hash; compare in constant time all the same.
-    if row is None or not hmac.compare_digest(row.key_hash, digest):
-        return None
-    return row
+    found = use_many(ctx, [(None, raw)], record_use=False)[raw]
+    return found if isinstance(found, ApiKey) else None
 
 
 def use(ctx: Ctx, raw: str) -> ApiKey:
     """The key for a request: unknown -> 401, revoked -> 403. Records its last use."""
-    row = find(ctx, raw)
-    if row is None:
-        raise errors.unknown_key()
-    if row.state == "revoked":
-        raise errors.forbidden("API key revoked")
-    if row.last_used_at is None or ctx.now - row.last_used_at >= LAST_USED_RESOLUTION or (
-        row.last_used_ip != ctx.ip
-    ):
-        row.last_used_at, row.last_used_ip = ctx.now, ctx.ip
-    return row
+    return only([use_many(ctx, [(ctx.ip, raw)])[raw]])
+
+
+def use_many(
+    ctx: Ctx, uses: Sequence[tuple[str | None, str]], *, record_use: bool = True
+) -> dict[str, ApiKey | ServiceError]:
+    """Look up the keys of many requests at once; records each key's last use and address.
+
+    A revoked key is returned as an error only when ``record_use`` (a request using it);
+    ``find`` (``record_use=False``) returns it as it is.
+    """
+    wanted = {raw: hash_key(raw) for _, raw in uses if KEY_PATTERN.fullmatch(raw)}
+    found: dict[str, ApiKey] = {}
+    for chunk in chunks(set(wanted.values())):
+        for row in ctx.session.scalars(select(ApiKey).where(ApiKey.key_hash.in_(chunk))):
+            found[row.key_hash] = row
+    answer: dict[str, ApiKey | ServiceError] = {}
+    for ip, raw in uses:
+        digest = wanted.get(raw)
+        row = found.get(digest) if digest is not None else None
+        # The index found the row by hash; compare in constant time all the same.
+        if row is None or digest is None or not hmac.compare_digest(row.key_hash, digest):
+            answer[raw] = errors.unknown_key()
+        elif not record_use:
+            answer[raw] = row
+        elif row.state == "revoked":
+            answer[raw] = errors.forbidden("API key revoked")
+        else:
+            answer[raw] = row
+            stale = row.last_used_at is None or ctx.now - row.last_used_at >= LAST_USED_RESOLUTION
+            if stale or row.last_used_ip != ip:
+                row.last_used_at, row.last_used_ip = ctx.now, ip
+    return answer
 
 
 def revoke(ctx: Ctx, key_id: int) -> None:
