@@ -114,13 +114,13 @@ class SmtpSink:
     def text(message: EmailMessage) -> str:
         part = message.get_body(preferencelist=("plain",))
         assert part is not None, "no text/plain part"
-        return part.get_content()
+        return part.get_content().replace("\r\n", "\n")
 
     @staticmethod
     def html(message: EmailMessage) -> str:
         part = message.get_body(preferencelist=("html",))
         assert part is not None, "no text/html part"
-        return part.get_content()
+        return part.get_content().replace("\r\n", "\n")
 
     @classmethod
     def links(cls, message: EmailMessage, containing: str = "") -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def weekly_cmd(
     service = Keychest(db, settings)
     try:
         wanted = normalise_email(email) if email else None
-        outcomes = service.call(reports.weekly_pass, email=wanted, force=now_flag)
+        outcomes = service.call(functools.partial(reports.weekly_pass, email=wanted, force=now_flag))
         sender = Sender(service)
         if settings.mail.smtp_host is not None:
             asyncio.run(sender.drain())

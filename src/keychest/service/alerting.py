@@ -14,7 +14,6 @@ from datetime import timedelta
 
 from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import aliased
 
 from keychest.notify import alerts as alert_rules
 from keychest.notify.facts import AddressFacts, CertChange, CertInfo, EndpointFacts
@@ -108,32 +107,45 @@ def endpoint_facts(ctx: Ctx, endpoint_ids: list[int]) -> dict[int, EndpointFacts
 
 
 def certificate_changes(ctx: Ctx, endpoint_ids: list[int], *, since_days: float = 8) -> list[CertChange]:
+    """Each address's switches from one certificate to another in the last ``since_days``.
+
+    Read from every history row carrying a certificate, not only ``new_certificate``: a server
+    restarted with its renewed certificate between two scans shows up as error + recovered.
+    """
     if not endpoint_ids:
         return []
-    new, old = aliased(Certificate), aliased(Certificate)
-    rows = ctx.session.execute(
-        select(ScanChange, Endpoint, new, old)
-        .join(Endpoint, Endpoint.id == ScanChange.endpoint_id)
-        .join(new, new.id == ScanChange.certificate_id)
-        .outerjoin(old, old.id == ScanChange.previous_certificate_id)
+    # Certificates live at most 398 days: looking further back finds no "previous" one.
+    history = ctx.session.execute(
+        select(ScanChange.id, ScanChange.endpoint_id, ScanChange.ip, ScanChange.at, ScanChange.certificate_id)
         .where(
             ScanChange.endpoint_id.in_(endpoint_ids),
-            ScanChange.change == "new_certificate",
-            ScanChange.at >= ctx.now - timedelta(days=since_days),
+            ScanChange.certificate_id.is_not(None),
+            ScanChange.at >= ctx.now - timedelta(days=400),
         )
         .order_by(ScanChange.id)
-    )
+    ).all()
+    window_start = ctx.now - timedelta(days=since_days)
+    previous: dict[tuple[int, str], int] = {}
+    switches = []
+    for change_id, endpoint_id, ip, at, cert_id in history:
+        before = previous.get((endpoint_id, ip))
+        previous[(endpoint_id, ip)] = cert_id
+        if before is not None and before != cert_id and at >= window_start:
+            switches.append((change_id, endpoint_id, ip, at, before, cert_id))
+    if not switches:
+        return []
+    cert_ids = {c for s in switches for c in (s[4], s[5])}
+    certs = {
+        c.id: _cert(c) for c in ctx.session.scalars(select(Certificate).where(Certificate.id.in_(cert_ids)))
+    }
+    names = {
+        e.id: str(domains.DomainName(e.host, e.port))
+        for e in ctx.session.scalars(select(Endpoint).where(Endpoint.id.in_({s[1] for s in switches})))
+    }
     return [
-        CertChange(
-            change.id,
-            change.endpoint_id,
-            str(domains.DomainName(endpoint.host, endpoint.port)),
-            change.ip,
-            change.at,
-            _cert(old_cert) if old_cert is not None else None,
-            _cert(new_cert),
-        )
-        for change, endpoint, new_cert, old_cert in rows
+        CertChange(change_id, endpoint_id, names.get(endpoint_id, "?"), ip, at, certs.get(old), certs[new])
+        for change_id, endpoint_id, ip, at, old, new in switches
+        if new in certs
     ]
 
 
