@@ -15,7 +15,7 @@
 # at the server's mail domain), then: `command apikey` once, `command claim`, and
 # `command add` per domain. State (API key, claim) lives in renewal-hooks/keychest_apikey
 # (mode 600); undelivered domains wait in renewal-hooks/keychest_spool for the next run.
-# It never fails certbot: it always exits 0 and gives up on the network within ~12 s.
+# It never fails certbot: it always exits 0 and gives up on the network within ~10 s.
 
 # ---- settings: `keychest hook install` fills in the first three; KEYCHEST_* variables override all
 KEYCHEST_SERVER=${KEYCHEST_SERVER:-keychest.example.net}
@@ -25,7 +25,7 @@ KEYCHEST_STATE_FILE=${KEYCHEST_STATE_FILE:-}        # default: <certbot config>/
 KEYCHEST_LOG=${KEYCHEST_LOG:-}                      # default: <certbot logs dir>/keychest-hook.log
 KEYCHEST_CERTBOT_DIR=${KEYCHEST_CERTBOT_DIR:-}      # certbot --config-dir; found from certbot when empty
 KEYCHEST_CERTBOT_LOGS=${KEYCHEST_CERTBOT_LOGS:-}    # certbot --logs-dir; found from certbot when empty
-KEYCHEST_CONNECT_TIMEOUT=${KEYCHEST_CONNECT_TIMEOUT:-4}   # seconds
+KEYCHEST_CONNECT_TIMEOUT=${KEYCHEST_CONNECT_TIMEOUT:-4}   # whole seconds
 KEYCHEST_READ_TIMEOUT=${KEYCHEST_READ_TIMEOUT:-4}         # seconds per response
 KEYCHEST_TIME_BUDGET=${KEYCHEST_TIME_BUDGET:-10}          # seconds for all network work of one run
 KEYCHEST_QUIET=${KEYCHEST_QUIET:-0}                 # 1: log to the log file only, not to stderr
