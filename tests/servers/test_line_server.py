@@ -206,3 +206,15 @@ def test_no_ok_lost_to_kill_9(server_factory) -> None:  # type: ignore[no-untype
     live_server.start()
     listed = {d["domain"] for d in json.loads(live_server.cli("domains", "--json").stdout)}
     assert set(acknowledged) <= listed and len(acknowledged) == 200
+
+
+def test_domains_listing_filtered_by_key(live_server: LiveServer) -> None:
+    first, second = new_key(live_server), new_key(live_server)
+    for key, domain in ((first, "one.example"), (second, "two.example")):
+        assert raw_exchange(
+            live_server.line_port, f"command add apikey {key} domain {domain}\n".encode()
+        ).startswith(b"status ok 200")
+    listed = json.loads(live_server.cli("domains", "--apikey", second, "--json").stdout)
+    assert [d["domain"] for d in listed] == ["two.example"]
+    unknown = live_server.cli("domains", "--apikey", "no-such-key-000000", "--json")
+    assert unknown.returncode == 1 and unknown.stderr.strip() == "Error: unknown API key"

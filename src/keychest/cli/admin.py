@@ -12,6 +12,7 @@ from rich.table import Table
 from keychest.cli.options import db_option, print_json, resolve_db_url
 from keychest.config import Settings
 from keychest.service import accounts, domains, keys, outbox
+from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
 from keychest.store.db import Database, upgrade
 
@@ -42,7 +43,10 @@ def _iso(value: object) -> object:
 def domains_cmd(db_url: str | None, data_dir: Path, apikey: str | None, as_json: bool) -> None:
     """List registered domains with their account."""
     service = open_service(db_url, data_dir)
-    rows = service.read(domains.list_rows, raw_key=apikey) if apikey else service.read(domains.list_rows)
+    try:
+        rows = service.read(lambda ctx: domains.list_rows(ctx, raw_key=apikey))
+    except ServiceError as exc:
+        raise click.ClickException(exc.text) from None
     if as_json:
         print_json([{**asdict(r), "added_at": _iso(r.added_at)} for r in rows])
         return

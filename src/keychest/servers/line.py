@@ -87,6 +87,9 @@ class WriteBatcher:
         while self._busy or self._pending:
             await asyncio.sleep(0.01)
         self._executor.shutdown(wait=True)
+        if self.batches:
+            log.info("writer: %d requests in %d commits (%.1f a commit)", self.calls, self.batches,
+                     self.calls / self.batches)
 
 
 class LineConnection(asyncio.Protocol):
@@ -104,7 +107,6 @@ class LineConnection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.last_activity = 0.0
-        self.idle_timer: asyncio.TimerHandle | None = None
         self.pause_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks --------------------------------------------------------------
@@ -120,9 +122,7 @@ class LineConnection(asyncio.Protocol):
             return
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else None
-        loop = server.loop
-        self.last_activity = loop.time()
-        self.idle_timer = loop.call_at(self.last_activity + self.settings.idle_timeout_s, self._check_idle)
+        self.last_activity = server.loop.time()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -152,9 +152,8 @@ class LineConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        for timer in (self.idle_timer, self.pause_timer):
-            if timer is not None:
-                timer.cancel()
+        if self.pause_timer is not None:
+            self.pause_timer.cancel()
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -240,14 +239,9 @@ class LineConnection(asyncio.Protocol):
             self._request(self.framer.take_pending())
             self._flush()
 
-    def _check_idle(self) -> None:
-        loop = self.server.loop
-        deadline = self.last_activity + self.settings.idle_timeout_s
-        if self.outq or loop.time() < deadline:
-            # Activity since the timer was set (or answers still owed): look again later.
-            self.idle_timer = loop.call_at(max(deadline, loop.time() + 0.05), self._check_idle)
-            return
-        self._close()
+    def idle_since(self, now: float) -> float:
+        """Seconds without a byte from the client, or 0 while answers are still owed."""
+        return 0.0 if self.outq else now - self.last_activity
 
     def _close(self) -> None:
         self.closing = True
@@ -267,6 +261,7 @@ class LineServer:
         self.on_response = on_response
         self.connections: set[LineConnection] = set()
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_event_loop()
 
     def count(self, command: str, code: int) -> None:
@@ -280,6 +275,15 @@ class LineServer:
         )
         names = ", ".join(str(s.getsockname()[:2]) for s in self._server.sockets)
         log.info("line API listening on %s", names)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Close idle connections. One timer for all: a timer per connection costs throughput."""
+        now = self.loop.time()
+        limit = self.settings.idle_timeout_s
+        for connection in [c for c in self.connections if c.idle_since(now) >= limit]:
+            connection._close()
+        self._sweeper = self.loop.call_later(min(1.0, limit / 4), self._sweep)
 
     @property
     def ports(self) -> list[int]:
@@ -290,6 +294,8 @@ class LineServer:
         """Stop accepting; give open connections a moment to receive what they are owed."""
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         deadline = self.loop.time() + grace_s
         while any(c.outq for c in self.connections) and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
