@@ -41,13 +41,13 @@ class Keychest:
         self.settings = settings
         self.clock = clock
 
-    def call(self, fn: Callable[..., T], *args: Any, ip: str | None = None) -> T:
+    def call(self, fn: Callable[..., T], *args: Any, ip: str | None = None, **kwargs: Any) -> T:
         with self.db.write() as session:
-            return fn(Ctx(session, self.settings, self.clock(), ip), *args)
+            return fn(Ctx(session, self.settings, self.clock(), ip), *args, **kwargs)
 
-    def read(self, fn: Callable[..., T], *args: Any, ip: str | None = None) -> T:
+    def read(self, fn: Callable[..., T], *args: Any, ip: str | None = None, **kwargs: Any) -> T:
         with self.db.read() as session:
-            return fn(Ctx(session, self.settings, self.clock(), ip), *args)
+            return fn(Ctx(session, self.settings, self.clock(), ip), *args, **kwargs)
 
     def call_batch(self, calls: Sequence[Call]) -> list[Any | ServiceError]:
         """Run calls under one commit. A call that raises ServiceError is rolled back alone.
