@@ -94,7 +94,7 @@ def test_claim_mail_confirm_page_then_post_activates_and_signs_in(
 ) -> None:
     started = time.monotonic()
     key, status = claim(server, "alice@example.org", "www.alice.test", "api.alice.test:8443")
-    assert status == "claimed; a confirmation mail is on its way"
+    assert status == "claimed; the owner of that address confirms by mail"
     mail = sink.wait_to("alice@example.org")
     assert time.monotonic() - started < 10
     text, html = sink.text(mail), sink.html(mail)
@@ -141,7 +141,7 @@ def test_a_new_key_for_a_confirmed_account_is_approved_or_revoked_by_mail(
 ) -> None:
     confirm(server, sink, http, "bob@example.org", "www.bob.test")
     second, status = claim(server, "bob@example.org", "shop.bob.test")
-    assert status == "claimed; the account's owner must approve this key"
+    assert status == "claimed; the owner of that address confirms by mail"
     assert key_state(server, second) == "pending"
     mail = sink.wait_to("bob@example.org", subject="Approve a new API key")
     text = sink.text(mail)

@@ -22,9 +22,12 @@ from keychest.service.facade import Call, Keychest
 
 log = logging.getLogger("keychest.line")
 
+# A new address and one that already has an account get the same answer: the line API must
+# not tell a stranger whether an address is a customer. The mail says which it was.
+CLAIMED_BY_MAIL = "claimed; the owner of that address confirms by mail"
 CLAIM_TEXT = {
-    "created": "claimed; a confirmation mail is on its way",
-    "pending": "claimed; the account's owner must approve this key",
+    "created": CLAIMED_BY_MAIL,
+    "pending": CLAIMED_BY_MAIL,
     "already": "already claimed by this address",
     "placeholder": "claimed with a placeholder address; claim again with a real one to get mail",
 }
