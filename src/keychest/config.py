@@ -15,6 +15,8 @@ class Limits:
     keys_per_ip_per_hour: int = 100
     domains_per_unconfirmed_key: int = 100
     claims_per_email_per_day: int = 10
+    # Claims one client address may make in an hour, whatever the emails (spraying addresses).
+    claims_per_ip_per_hour: int = 100
     # In-memory burst guard in front of the durable hourly quota on `apikey`.
     apikey_burst_per_ip: int = 20
     apikey_burst_window_s: float = 10.0
@@ -38,6 +40,11 @@ class SchedulerSettings:
     max_in_flight: int = 64  # endpoints being scanned at once by this process
     idle_poll_s: float = 1.0  # how soon a newly added domain is noticed
     progress_every_s: float = 60.0
+    # How long a leased endpoint stays with one scanner before another may take it over
+    # (the owner died). None: four scan time-outs plus a minute (see ScanScheduler.lease_s).
+    lease_s: float | None = None
+    # After the database fails (restart, network), wait this long before leasing again.
+    db_retry_s: float = 2.0
 
 
 @dataclass(frozen=True)

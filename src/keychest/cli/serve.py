@@ -80,6 +80,13 @@ def mail_settings(
     help="Claims for one address per day (0: no limit).",
 )
 @env_option(
+    "--claims-per-ip-per-hour",
+    type=int,
+    default=Limits.claims_per_ip_per_hour,
+    show_default=True,
+    help="Claims one client address may make in an hour (0: no limit).",
+)
+@env_option(
     "--idle-timeout",
     type=float,
     default=LineServerSettings.idle_timeout_s,
@@ -105,6 +112,12 @@ def mail_settings(
     "--scan-timeout", type=float, default=10.0, show_default=True, help="Seconds per DNS lookup/handshake."
 )
 @env_option("--scan-concurrency", type=int, default=64, show_default=True, help="Endpoints scanned at once.")
+@env_option(
+    "--scan-lease",
+    default=None,
+    help="How long a scanner holds an endpoint before another may take it over (its owner died), "
+    "e.g. 90s. [default: 4 x --scan-timeout + 60s]",
+)
 @env_option(
     "--ca-file",
     type=click.Path(exists=True, dir_okay=False),
@@ -148,12 +161,14 @@ def serve(
     apikey_burst: int,
     domains_per_unconfirmed_key: int,
     claims_per_email_per_day: int,
+    claims_per_ip_per_hour: int,
     idle_timeout: float,
     max_connections: int,
     role: str,
     scan_interval: str,
     scan_timeout: float,
     scan_concurrency: int,
+    scan_lease: str | None,
     ca_file: str | None,
     resolver: str | None,
     allow_private_targets: bool,
@@ -188,6 +203,7 @@ def serve(
             apikey_burst_per_ip=apikey_burst,
             domains_per_unconfirmed_key=domains_per_unconfirmed_key,
             claims_per_email_per_day=claims_per_email_per_day,
+            claims_per_ip_per_hour=claims_per_ip_per_hour,
         ),
         scan=ScanOptions(
             timeout=scan_timeout,
@@ -196,7 +212,11 @@ def serve(
             resolver=resolver,
             concurrency=max(scan_concurrency * 2, 8),
         ),
-        scheduler=SchedulerSettings(interval_s=parse_duration(scan_interval), max_in_flight=scan_concurrency),
+        scheduler=SchedulerSettings(
+            interval_s=parse_duration(scan_interval),
+            max_in_flight=scan_concurrency,
+            lease_s=parse_duration(scan_lease) if scan_lease else None,
+        ),
         role=role,
         mail=mail_settings(
             smtp,

@@ -43,6 +43,8 @@ class ScanScheduler:
 
     @property
     def lease_s(self) -> float:
+        if self.settings.lease_s is not None:
+            return self.settings.lease_s
         # Long enough for a scan of every address with all its time-outs, with room to spare.
         return self.options.timeout * 4 + 60
 
@@ -53,8 +55,8 @@ class ScanScheduler:
         )
 
     async def run(self) -> None:
-        scanner = Scanner(self.options)
-        in_flight: set[asyncio.Task[None]] = set()
+        scanner = self.make_scanner()
+        in_flight: dict[asyncio.Task[None], int] = {}  # task -> endpoint id it holds a lease on
         log.info(
             "scanner %s: every %gs, up to %d endpoints at once",
             self.owner,
@@ -66,13 +68,22 @@ class ScanScheduler:
                 room = self.settings.max_in_flight - len(in_flight)
                 due = []
                 if room > 0:
-                    due = await self._db_call(
-                        scans.lease_due, owner=self.owner, limit=room, lease_s=self.lease_s
-                    )
+                    try:
+                        due = await self._db_call(
+                            scans.lease_due, owner=self.owner, limit=room, lease_s=self.lease_s
+                        )
+                    except Exception as exc:
+                        # The database restarted or the network dropped: the pool reconnects on
+                        # the next checkout (pre-ping). Dying here would take a whole `--role all`
+                        # process down with it, so wait and lease again.
+                        self.counts["lease_failed"] += 1
+                        log.warning("leasing failed (%r); retrying in %gs", exc, self.settings.db_retry_s)
+                        await asyncio.sleep(self.settings.db_retry_s)
+                        continue
                 for item in due:
                     task = asyncio.create_task(self._scan_one(scanner, item))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                    in_flight[task] = item.id
+                    task.add_done_callback(lambda done: in_flight.pop(done, None))
                 self._progress(len(in_flight))
                 if not due or room <= 0:
                     waiters = list(in_flight)
@@ -83,9 +94,29 @@ class ScanScheduler:
                     else:
                         await asyncio.sleep(self.settings.idle_poll_s)
         finally:
-            for task in in_flight:
+            unfinished = list(in_flight.values())
+            for task in list(in_flight):
                 task.cancel()
             self._db.shutdown(wait=False, cancel_futures=True)
+            self._release_leases(unfinished)
+
+    def make_scanner(self) -> Scanner:
+        """The scanner this loop uses; a subclass may return another (bench/scale.py does)."""
+        return Scanner(self.options)
+
+    def _release_leases(self, endpoint_ids: list[int]) -> None:
+        """On a clean stop, hand back what this process leased and did not finish.
+
+        Without this an endpoint waits for its lease to run out (minutes) before another
+        scanner takes it; after a crash (kill -9) that wait is the only way, and suffices.
+        """
+        try:
+            released = self.service.call(scans.release_leases, self.owner, endpoint_ids)
+        except Exception as exc:
+            log.warning("could not release leases of %s: %r (they run out on their own)", self.owner, exc)
+            return
+        if released:
+            log.info("released %d unfinished leases", released)
 
     async def _scan_one(self, scanner: Scanner, item: scans.DueEndpoint) -> None:
         try:

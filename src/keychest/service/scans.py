@@ -59,6 +59,22 @@ def lease_due(ctx: Ctx, *, owner: str, limit: int, lease_s: float) -> list[DueEn
     return [DueEndpoint(r.id, r.host, r.port) for r in rows]
 
 
+def release_leases(ctx: Ctx, owner: str, endpoint_ids: Sequence[int]) -> int:
+    """Make endpoints ``owner`` still holds due again at once (a scanner stopping cleanly).
+
+    By id (the primary key), not by owner: lease_owner has no index, and a stop should not
+    read a million rows.
+    """
+    if not endpoint_ids:
+        return 0
+    result = ctx.session.execute(
+        update(Endpoint)
+        .where(Endpoint.id.in_(list(endpoint_ids)), Endpoint.lease_owner == owner)
+        .values(lease_owner=None, lease_until=None, next_scan_at=ctx.now)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def next_due_at(ctx: Ctx) -> datetime | None:
     return ctx.session.scalar(select(Endpoint.next_scan_at).order_by(Endpoint.next_scan_at).limit(1))
 
@@ -209,11 +225,14 @@ def record(
     delay = interval_s * factor * (1 + jitter)
     if owner is None or endpoint.lease_owner in (owner, None):
         endpoint.next_scan_at = ctx.now + timedelta(seconds=delay)
+        endpoint.lease_owner = None
+        endpoint.lease_until = None
+    # Else our lease ran out and another scanner holds the endpoint now: keep its lease and
+    # its next_scan_at, or its own record() would be taken for a stranger's and a third
+    # scanner could lease the endpoint while the second is still on it.
     endpoint.last_scan_at = ctx.now
     endpoint.last_state = worst
     endpoint.failures = failures
-    endpoint.lease_owner = None
-    endpoint.lease_until = None
     return Recorded(endpoint_id, worst, tuple(changes))
 
 

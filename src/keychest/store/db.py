@@ -10,6 +10,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# pg_advisory_xact_lock key for schema upgrades: any constant no other code uses ("kcmg").
+MIGRATION_LOCK = 0x6B636D67
 
 
 def normalise_url(url: str) -> str:
@@ -31,7 +33,28 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=10,
+        # A connection that died with a PostgreSQL restart is noticed at checkout and replaced,
+        # so after a restart only the transactions running at that moment fail (and say so).
+        pool_pre_ping=True,
+        # Connections a load balancer or NAT silently dropped are not kept for hours.
+        pool_recycle=1800,
+        # A checkout waits at most this long for a free connection before failing the request
+        # with a clear error, rather than queueing behind a stuck database for 30 s.
+        pool_timeout=10,
+        connect_args={
+            # Fail over quickly while the server is down instead of hanging in connect().
+            "connect_timeout": 5,
+            # Notice a peer that vanished (machine gone, cable pulled) within about a minute.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        },
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -92,5 +115,10 @@ def upgrade(db: Database, revision: str = "head") -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with db.engine.begin() as conn:
+        if not db.is_sqlite:
+            # Several processes (scanners, API nodes) often start at once on a fresh database:
+            # without this they race to CREATE TABLE and all but one die on "already exists".
+            # Held until this transaction ends; the others then find the schema up to date.
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
