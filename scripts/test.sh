@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # certbot/pebble: hook end-to-end; chromium: dashboard; the rest: scan benchmark peers.
-  wanted=(certbot pebble shellcheck chromium openssl ssl-cert-check monitoring-plugins-contrib)
+  wanted=(certbot pebble shellcheck chromium openssl curl ssl-cert-check monitoring-plugins-contrib)
   missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
