@@ -38,7 +38,7 @@ def test_claim_get_makes_a_key_for_an_email(web_env: WebEnv) -> None:
     assert answer.status_code == 200
     body = answer.json()
     assert body["status"] == "created" and body["user"] == "claim-get@example.org"
-    assert KEY_SHAPE.fullmatch(body["api_key"]) and body["key_state"] == "active"
+    assert KEY_SHAPE.fullmatch(body["api_key"]) and body["key_state"] == "pending"  # until confirmed
 
 
 def test_claim_post_with_a_chosen_key(web_env: WebEnv) -> None:
@@ -64,7 +64,7 @@ def test_claim_post_with_a_chosen_key(web_env: WebEnv) -> None:
         "status": "created",
         "user": "chosen@example.org",
         "api_key": key,
-        "key_state": "active",
+        "key_state": "pending",
     }
     assert again.status_code == 200 and again.json()["status"] == "success"
     assert other.status_code == 403 and other.json()["status"] == "forbidden"
@@ -368,5 +368,5 @@ def test_keychest_documented_curl_calls_work_unchanged(web_env: WebEnv) -> None:
         "status": "created",
         "user": "me2@example.org",
         "api_key": "5b9b6aceb95011e7bb9f7fca73a26228",
-        "key_state": "active",
+        "key_state": "pending",
     }

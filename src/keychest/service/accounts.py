@@ -47,6 +47,7 @@ def _find(ctx: Ctx, email: str) -> Account | None:
 
 
 def _check_claim_rate(ctx: Ctx, email: str) -> None:
+    _check_claim_rate_ip(ctx)
     limit = ctx.settings.limits.claims_per_email_per_day
     if limit <= 0:
         return
@@ -58,6 +59,21 @@ def _check_claim_rate(ctx: Ctx, email: str) -> None:
     )
     if count is not None and count >= limit:
         raise errors.rate_limited("too many claims for this address today; try again tomorrow")
+
+
+def _check_claim_rate_ip(ctx: Ctx) -> None:
+    """One client spraying claims over many addresses (mail bombing, probing) is cut off too."""
+    limit = ctx.settings.limits.claims_per_ip_per_hour
+    if limit <= 0 or ctx.ip is None:
+        return
+    since = ctx.now - timedelta(hours=1)
+    count = ctx.session.scalar(
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(AuditEvent.event == "claim", AuditEvent.ip == ctx.ip, AuditEvent.at >= since)
+    )
+    if count is not None and count >= limit:
+        raise errors.rate_limited("too many claims from your address; try again in an hour")
 
 
 def claim(ctx: Ctx, raw_key: str, email_text: str) -> ClaimOutcome:

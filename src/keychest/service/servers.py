@@ -53,7 +53,26 @@ def claim_chosen_key(ctx: Ctx, raw_key: str, email: str) -> Claimed:
 
 
 def _key_state(ctx: Ctx, key_id: int) -> str:
-    return ctx.session.execute(select(ApiKey.state).where(ApiKey.id == key_id)).scalar_one()
+    key = ctx.session.get(ApiKey, key_id)
+    assert key is not None
+    return _claim_state(ctx, key)[0]
+
+
+def _claim_state(ctx: Ctx, key: ApiKey) -> tuple[str, str | None]:
+    """(key state, account state) as the key's holder may see them.
+
+    Until the address's owner acts on the mail, a key claimed for a new address (active, on a
+    dormant account) and one claimed for an existing account (pending) look the same:
+    ``pending`` and ``unconfirmed``. Otherwise a stranger could learn whether an address has
+    an account (or a blocked one) by claiming a key for it.
+    """
+    account = ctx.session.get(Account, key.account_id) if key.account_id is not None else None
+    if account is None:
+        return key.state, None
+    awaiting = key.state == "pending" or (account.state == "dormant" and not account.is_placeholder)
+    if awaiting:
+        return "pending", "unconfirmed"
+    return key.state, account.state
 
 
 @dataclass(frozen=True)
@@ -69,11 +88,12 @@ def whoami(ctx: Ctx, raw_key: str) -> KeyOwner:
     key = keys.use(ctx, raw_key)
     account = ctx.session.get(Account, key.account_id) if key.account_id is not None else None
     count = ctx.session.scalar(select(func.count()).select_from(visible_endpoints(key).subquery()))
+    key_state, account_state = _claim_state(ctx, key)
     return KeyOwner(
         account.email if account else None,
-        account.state if account else None,
+        account_state,
         key.prefix,
-        key.state,
+        key_state,
         int(count or 0),
     )
 

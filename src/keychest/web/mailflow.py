@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -40,8 +41,35 @@ def _env() -> Environment:
     )
 
 
+# The token in a link's URL is the secret, so no CSRF token is needed to act on one's own
+# link; but another site must not make a victim's browser submit the attacker's own sign-in
+# or confirm link (login CSRF), by a cross-site form or by framing the one-button page.
+HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
 def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(_env().get_template(template).render(**context), status_code=status)
+    return HTMLResponse(_env().get_template(template).render(**context), status_code=status, headers=HEADERS)
+
+
+def cross_site(request: Request) -> bool:
+    """A POST that a browser says came from another site (Sec-Fetch-Site, else Origin).
+
+    Clients that send neither (curl, scripts) are let through: they hold the token themselves.
+    ``Origin: null`` is what our own no-referrer pages send, so it is not refused either.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site == "cross-site"
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return False
+    return urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
 
 
 def _ip(request: Request) -> str | None:
@@ -69,6 +97,14 @@ def install(app: FastAPI, service: Keychest) -> None:
             return page("confirm.html", title=title, button=button, view=view, action=request.url.path)
 
         async def act(token: str, request: Request) -> Response:
+            if cross_site(request):
+                return page(
+                    "message.html",
+                    status=403,
+                    title=title,
+                    message="This form was sent from another site. Open the link from your mail.",
+                    ok=False,
+                )
             try:
                 done = await call(links.act, route, token, ip=_ip(request))
             except ServiceError as exc:
