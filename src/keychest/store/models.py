@@ -119,6 +119,8 @@ class AuditEvent(Base):
 
     __table_args__ = (
         Index("ix_audit_event_subject_at", "event", "subject", "at"),
+        # Per-address quotas (claims and sign-in mails per IP) count recent events by source.
+        Index("ix_audit_event_ip_at", "event", "ip", "at"),
         Index("ix_audit_at", "at"),
     )
 
