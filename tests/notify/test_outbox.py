@@ -262,3 +262,20 @@ def test_preferences_defaults_validation_and_a_confirmed_override(svc: Keychest,
     svc.call(links.act, "confirm_address", link.rsplit("/", 1)[1])
     stored = svc.read(preferences.get, account.id)
     assert preferences.recipient(account_row, stored) == "ops@example.org"  # type: ignore[arg-type]
+
+
+def test_a_batch_of_only_skipped_mails_does_not_stop_the_drain(svc: Keychest, smtp_port: int) -> None:
+    """`report weekly --now` drains the outbox: skipped rows ahead of a real mail are progress."""
+
+    def enqueue_skipped(ctx):  # type: ignore[no-untyped-def]
+        for n in range(7):
+            outbox.enqueue(ctx, kind="weekly", to_addr=f"nobody{n}@example.org", account_id=None, payload={})
+
+    svc.call(enqueue_skipped)
+    claim_new(svc, "after-the-skipped@example.org")
+    sender = Sender(svc, retry_base_s=30.0)
+    sender.batch = 3  # the first two batches hold nothing but mails to skip
+    with SmtpSink(smtp_port) as sink:
+        asyncio.run(sender.drain())
+        sink.wait_to("after-the-skipped@example.org", subject="Confirm")
+    assert [r.state for r in rows(svc)] == ["skipped"] * 7 + ["sent"]

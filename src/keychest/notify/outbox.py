@@ -141,13 +141,13 @@ class Sender:
         )
 
     async def run_once(self) -> int:
-        """Lease and try one batch; the number of mails tried."""
+        """Lease and try one batch; the number of queued mails it dealt with (sent, failed or skipped)."""
         settings = self.service.settings.mail
         if settings.smtp_host is None:
             return 0
         batch = await self._db_call(delivery.lease, compose, limit=self.batch, lease_s=self.lease_s)
         if not batch:
-            return 0
+            return batch.examined
         connection = smtp.Connection(settings)
         try:
             for outgoing in batch:
@@ -171,7 +171,7 @@ class Sender:
                 log.info("mail %d (%s) sent to %s", outgoing.id, outgoing.kind, outgoing.to_addr)
         finally:
             await connection.close()
-        return len(batch)
+        return batch.examined
 
     async def run(self) -> None:
         if self.service.settings.mail.smtp_host is None:

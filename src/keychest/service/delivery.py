@@ -55,6 +55,16 @@ class Outgoing:
     mail: Composed
 
 
+class Leased(list[Outgoing]):
+    """The mails leased for sending, and how many queued rows the lease looked at.
+
+    ``examined`` counts rows marked skipped too: a batch of only skipped mails is progress,
+    not an empty queue, so the sender must carry on rather than wait.
+    """
+
+    examined: int = 0
+
+
 # compose returns the mail, or a reason (str) to skip it for good.
 Composer = Callable[[Ctx, QueuedMail], "Composed | str"]
 
@@ -91,7 +101,7 @@ def backoff_s(attempts: int, base_s: float) -> float:
     return min(base_s * 2 ** max(attempts - 1, 0), BACKOFF_CAP_S)
 
 
-def lease(ctx: Ctx, compose: Composer, *, limit: int, lease_s: float) -> list[Outgoing]:
+def lease(ctx: Ctx, compose: Composer, *, limit: int, lease_s: float) -> Leased:
     """Take up to ``limit`` due mails for ``lease_s`` seconds and render them.
 
     Rows that must not be sent are marked ``skipped`` here. A mail whose rendering fails (a
@@ -110,7 +120,8 @@ def lease(ctx: Ctx, compose: Composer, *, limit: int, lease_s: float) -> list[Ou
             .with_for_update(skip_locked=True)
         )
     )
-    leased: list[Outgoing] = []
+    leased = Leased()
+    leased.examined = len(rows)
     for row in rows:
         mail = QueuedMail(
             row.id,
