@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from keychest.config import LineServerSettings
 from keychest.protocol.line import LineError, LineFramer, Response, format_response, parse_request
@@ -27,6 +30,8 @@ log = logging.getLogger("keychest.line")
 
 # Many requests under one commit; bounded so one batch cannot hold the writer for long.
 MAX_BATCH = 1000
+# Pauses before repeating a batch the database refused for want of a connection.
+RETRY_DELAYS_S = (0.5, 2.0)
 # A client that pipelines without reading its answers is paused at this many pending.
 MAX_PENDING_PER_CONNECTION = 64
 
@@ -65,11 +70,23 @@ class WriteBatcher:
         done.add_done_callback(lambda fut: self._finished(batch, fut))
 
     def _commit(self, calls: list[Call]) -> list[object]:
-        try:
-            return self.service.call_batch(calls)
-        except Exception as exc:  # the database failed: nothing in this batch committed
-            log.exception("write batch of %d failed", len(calls))
-            return [exc] * len(calls)
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                return self.service.call_batch(calls)
+            except (OperationalError, InterfaceError) as exc:
+                # The database went away (a PostgreSQL restart or failover, a locked SQLite).
+                # Repeating the batch is safe even when the failure hit the COMMIT itself:
+                # adds and claims are idempotent, and a repeated `apikey` only leaves an
+                # unused key behind.
+                if delay is None:
+                    log.error("database unavailable; %d requests answered 503: %s", len(calls), exc)
+                    return [exc] * len(calls)
+                log.warning("database unavailable; retrying %d requests in %gs: %s", len(calls), delay, exc)
+                time.sleep(delay)
+            except Exception as exc:  # a bug: every request of the batch gets a 500, none an ok
+                log.exception("write batch of %d failed", len(calls))
+                return [exc] * len(calls)
+        raise AssertionError("unreachable")
 
     def _finished(self, batch: list, fut: asyncio.Future[list[object]]) -> None:  # type: ignore[type-arg]
         results = fut.result() if not fut.cancelled() else [RuntimeError("cancelled")] * len(batch)
