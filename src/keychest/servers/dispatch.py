@@ -1,13 +1,13 @@
 """What each line API command means: requests to service calls, results to responses.
 
-Answers that need no database come back at once as a Response; the rest come back as a
-future the write batcher resolves after its commit. No coroutine per request: on the hot
-path of a bash client that opens one connection per request, every allocation counts.
+Answers that need no database come back at once as a Response; the rest are handed to the
+write batcher, which calls ``deliver`` with the Response after its commit. No coroutine or
+future per request: on the hot path of a bash client that opens one connection per request,
+every allocation counts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -32,8 +32,9 @@ CLAIM_TEXT = {
     "placeholder": "claimed with a placeholder address; claim again with a real one to get mail",
 }
 
-# Submits a call to the writer; the returned future resolves to finish(result) or the error.
-Submit = Callable[[Call, Callable[[Any], Response]], "asyncio.Future[Response]"]
+Deliver = Callable[[Response], None]
+# Submits a call to the writer, which later calls deliver(finish(result)) (or an error answer).
+Submit = Callable[[Call, Callable[[Any], Response], Deliver], None]
 
 
 def _issued(issued: keys.IssuedKey) -> Response:
@@ -79,7 +80,8 @@ class Dispatcher:
         limits = self.service.settings.limits
         self._apikey_burst = SlidingWindow(limits.apikey_burst_per_ip, limits.apikey_burst_window_s)
 
-    def handle(self, request: Request, ip: str | None) -> Response | asyncio.Future[Response]:
+    def handle(self, request: Request, ip: str | None, deliver: Deliver) -> Response | None:
+        """The answer now, or None when it will come through ``deliver`` after a commit."""
         cmd = request.command
         if cmd == "ping":
             return Response(200, "pong")
@@ -90,14 +92,18 @@ class Dispatcher:
         if cmd == "apikey":
             if ip is not None and not self._apikey_burst.allow(ip, time.monotonic()):
                 return Response(429, "too many new API keys from your address; slow down")
-            return self.submit(Call(keys.create, (), ip), _issued)
-        if cmd == "claim":
-            return self.submit(
-                Call(accounts.claim, (request.get("apikey"), request.get("email")), ip), _claimed
-            )
-        if cmd == "add":
-            return self.submit(Call(domains.add, (request.get("apikey"), request.get("domain")), ip), _added)
-        if cmd == "expiration":
-            args = (request.get("apikey"), request.get("domain"))
-            return self.submit(Call(scans.expiration_facts, args, ip), _expiration)
-        return Response(404, "unknown command")
+            call = Call(keys.create, (), ip)
+            finish = _issued
+        elif cmd == "claim":
+            call = Call(accounts.claim, (request.get("apikey"), request.get("email")), ip)
+            finish = _claimed
+        elif cmd == "add":
+            call = Call(domains.add, (request.get("apikey"), request.get("domain")), ip)
+            finish = _added
+        elif cmd == "expiration":
+            call = Call(scans.expiration_facts, (request.get("apikey"), request.get("domain")), ip)
+            finish = _expiration
+        else:
+            return Response(404, "unknown command")
+        self.submit(call, finish, deliver)
+        return None

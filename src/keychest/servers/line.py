@@ -23,7 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from keychest.config import LineServerSettings
 from keychest.protocol.line import LineError, LineFramer, Response, format_response, parse_request
-from keychest.servers.dispatch import Dispatcher, result_response
+from keychest.servers.dispatch import Deliver, Dispatcher, result_response
 from keychest.service.facade import Call, Keychest
 
 log = logging.getLogger("keychest.line")
@@ -44,7 +44,7 @@ class WriteBatcher:
 
     def __init__(self, service: Keychest) -> None:
         self.service = service
-        self._pending: list[tuple[Call, Callable[[Any], Response], asyncio.Future[Response]]] = []
+        self._pending: list[tuple[Call, Callable[[Any], Response], Deliver]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="keychest-writer")
         self._busy = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -54,13 +54,12 @@ class WriteBatcher:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
 
-    def submit(self, call: Call, finish: Callable[[Any], Response]) -> asyncio.Future[Response]:
+    def submit(self, call: Call, finish: Callable[[Any], Response], deliver: Deliver) -> None:
+        """Queue a call; after its commit, ``deliver`` gets the answer (on the event loop)."""
         assert self._loop is not None, "start() first"
-        future: asyncio.Future[Response] = self._loop.create_future()
-        self._pending.append((call, finish, future))
+        self._pending.append((call, finish, deliver))
         if not self._busy:
             self._run_next()
-        return future
 
     def _run_next(self) -> None:
         assert self._loop is not None
@@ -92,9 +91,11 @@ class WriteBatcher:
         results = fut.result() if not fut.cancelled() else [RuntimeError("cancelled")] * len(batch)
         self.batches += 1
         self.calls += len(batch)
-        for (_, finish, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result_response(result, finish))
+        for (_, finish, deliver), result in zip(batch, results, strict=True):
+            try:
+                deliver(result_response(result, finish))
+            except Exception:  # one connection's failure must not keep the others' answers
+                log.exception("delivering an answer failed")
         self._busy = False
         if self._pending:
             self._run_next()
@@ -105,8 +106,28 @@ class WriteBatcher:
             await asyncio.sleep(0.01)
         self._executor.shutdown(wait=True)
         if self.batches:
-            log.info("writer: %d requests in %d commits (%.1f a commit)", self.calls, self.batches,
-                     self.calls / self.batches)
+            log.info(
+                "writer: %d requests in %d commits (%.1f a commit)",
+                self.calls,
+                self.batches,
+                self.calls / self.batches,
+            )
+
+
+class _Slot:
+    """An answer owed to a connection, filled in when the writer's commit returns."""
+
+    __slots__ = ("connection", "command", "data")
+
+    def __init__(self, connection: LineConnection, command: str) -> None:
+        self.connection = connection
+        self.command = command
+        self.data: bytes | None = None
+
+    def __call__(self, response: Response) -> None:
+        self.data = format_response(response)
+        self.connection.server.count(self.command, response.code)
+        self.connection._flush()
 
 
 class LineConnection(asyncio.Protocol):
@@ -116,7 +137,7 @@ class LineConnection(asyncio.Protocol):
         self.server = server
         self.settings = server.settings
         self.framer = LineFramer()
-        self.outq: deque[bytes | asyncio.Future[Response]] = deque()
+        self.outq: deque[bytes | _Slot] = deque()
         self.transport: asyncio.Transport | None = None
         self.ip: str | None = None
         self.answered = 0
@@ -197,24 +218,18 @@ class LineConnection(asyncio.Protocol):
         self.answered += 1
         if self.answered >= self.settings.max_requests_per_connection:
             self.closing = True
+        slot = _Slot(self, request.command)
         try:
-            answer = self.server.dispatcher.handle(request, self.ip)
+            answer = self.server.dispatcher.handle(request, self.ip, slot)
         except Exception:
             log.exception("request %s failed", request.command)
             answer = Response(500, "internal error; nothing was changed")
-        if isinstance(answer, Response):
+        if answer is not None:
             self.outq.append(format_response(answer))
             self.server.count(request.command, answer.code)
         else:
-            command = request.command
-            answer.add_done_callback(lambda fut: self._answered(command, fut))
-            self.outq.append(answer)
+            self.outq.append(slot)
             self._update_reading()
-
-    def _answered(self, command: str, future: asyncio.Future[Response]) -> None:
-        if not future.cancelled():
-            self.server.count(command, future.result().code)
-        self._flush()
 
     def _flush(self) -> None:
         """Write every answer that is ready, in request order; close when done and asked to."""
@@ -226,11 +241,8 @@ class LineConnection(asyncio.Protocol):
             head = outq[0]
             if isinstance(head, bytes):
                 transport.write(head)
-            elif head.done():
-                if head.cancelled():
-                    outq.popleft()
-                    continue
-                transport.write(format_response(head.result()))
+            elif head.data is not None:
+                transport.write(head.data)
             else:
                 break
             outq.popleft()

@@ -108,7 +108,13 @@ def _port(text: str) -> int:
     return int(text)
 
 
+_NOT_AN_ADDRESS = re.compile(r"[g-z_-]|[a-f].*\.|\..*[a-f]")
+
+
 def _ip_literal(host: str) -> str | None:
+    # Most hosts are names: tell them apart without paying for ipaddress' exception.
+    if ":" not in host and _NOT_AN_ADDRESS.search(host.lower()):
+        return None
     try:
         return ipaddress.ip_address(host).compressed
     except ValueError:
@@ -223,12 +229,16 @@ def add_many(
     watch_ids: list[int] = []
     if new_rows:
         columns = ("api_key_id", "endpoint_id", "added_at", "added_ip")
-        watch_ids = list(
-            ctx.session.scalars(
-                insert(Watch.__table__).returning(Watch.id, sort_by_parameter_order=True),
+        # RETURNING without a parameter order lets the rows go in multi-row statements; the
+        # ids are matched back by (key, endpoint), which is unique.
+        inserted = {
+            (key_id, endpoint_id): watch_id
+            for watch_id, key_id, endpoint_id in ctx.session.execute(
+                insert(Watch.__table__).returning(Watch.id, Watch.api_key_id, Watch.endpoint_id),
                 [{c: row[c] for c in columns} for row in new_rows],
             )
-        )
+        }
+        watch_ids = [inserted[(row["api_key_id"], row["endpoint_id"])] for row in new_rows]
         audit.record_many(
             ctx,
             [
@@ -266,14 +276,18 @@ def _endpoint_ids(ctx: Ctx, wanted: set[tuple[str, int]]) -> dict[tuple[str, int
         # ON CONFLICT DO NOTHING: another process (PostgreSQL) may create the same one meanwhile.
         dialect = ctx.session.get_bind().dialect.name
         make = sqlite_insert if dialect == "sqlite" else pg_insert
-        ctx.session.execute(
-            make(Endpoint.__table__).on_conflict_do_nothing(index_elements=["host", "port"]),
+        created = ctx.session.execute(
+            make(Endpoint.__table__)
+            .on_conflict_do_nothing(index_elements=["host", "port"])
+            .returning(Endpoint.id, Endpoint.host, Endpoint.port),
             [
                 {"host": host, "port": port, "created_at": ctx.now, "next_scan_at": ctx.now}
                 for host, port in sorted(missing)
             ],
         )
-        found.update(_select_endpoints(ctx, missing))
+        found.update({(host, port): endpoint_id for endpoint_id, host, port in created})
+        if len(found) < len(wanted):  # lost a race for some: they exist now, read them
+            found.update(_select_endpoints(ctx, wanted - found.keys()))
     return found
 
 

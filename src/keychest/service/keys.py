@@ -86,19 +86,23 @@ def create_many(
             results[row[0]] = errors.forbidden("that API key is taken; choose another")
             rows.remove(row)
     if rows:
-        ids = ctx.session.scalars(
-            insert(ApiKey.__table__).returning(ApiKey.id, sort_by_parameter_order=True),
-            [
-                {
-                    "key_hash": hash_key(raw),
-                    "prefix": raw[:PREFIX_LEN],
-                    "state": "unclaimed",
-                    "created_at": ctx.now,
-                    "created_ip": ip,
-                }
-                for _, raw, ip in rows
-            ],
-        ).all()
+        # Matched back by hash: RETURNING without a parameter order batches the rows.
+        by_hash = dict(
+            ctx.session.execute(
+                insert(ApiKey.__table__).returning(ApiKey.key_hash, ApiKey.id),
+                [
+                    {
+                        "key_hash": hash_key(raw),
+                        "prefix": raw[:PREFIX_LEN],
+                        "state": "unclaimed",
+                        "created_at": ctx.now,
+                        "created_ip": ip,
+                    }
+                    for _, raw, ip in rows
+                ],
+            ).all()
+        )
+        ids = [by_hash[hash_key(raw)] for _, raw, _ in rows]
         for (index, raw, _), key_id in zip(rows, ids, strict=True):
             results[index] = IssuedKey(key_id, raw, raw[:PREFIX_LEN])
         audit.record_many(
@@ -129,7 +133,7 @@ def use_many(
     A revoked key is returned as an error only when ``record_use`` (a request using it);
     ``find`` (``record_use=False``) returns it as it is.
     """
-    wanted = {raw: hash_key(raw) for _, raw in uses if KEY_PATTERN.fullmatch(raw)}
+    wanted = {raw: hash_key(raw) for raw in {raw for _, raw in uses} if KEY_PATTERN.fullmatch(raw)}
     found: dict[str, ApiKey] = {}
     for chunk in chunks(set(wanted.values())):
         for row in ctx.session.scalars(select(ApiKey).where(ApiKey.key_hash.in_(chunk))):
