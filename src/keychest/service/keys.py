@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
@@ -34,9 +33,9 @@ class IssuedKey:
 
 
 def generate_key() -> str:
-    """160 random bits as lowercase base32 in dash-separated groups: URL- and shell-safe."""
-    text = base64.b32encode(secrets.token_bytes(20)).decode("ascii").lower()
-    return "-".join(text[i : i + 8] for i in range(0, 32, 8))
+    """160 random bits as lowercase hex in five dash-separated groups: URL- and shell-safe."""
+    text = secrets.token_bytes(20).hex()
+    return f"{text[:8]}-{text[8:16]}-{text[16:24]}-{text[24:32]}-{text[32:]}"
 
 
 def hash_key(key: str) -> str:
