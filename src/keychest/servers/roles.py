@@ -38,6 +38,16 @@ async def run_scanner(service: Keychest) -> None:
     await scheduler.run()
 
 
+async def run_checkpointer(service: Keychest) -> None:
+    """SQLite only: fold the WAL back into the database off the request path, every second."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            await asyncio.to_thread(service.db.checkpoint)
+        except Exception as exc:  # busy or locked: the next round catches up
+            log.debug("checkpoint skipped: %s", exc)
+
+
 def mailer_parts() -> list[Part]:
     """The mail side (outbox sender, alerts, weekly reports), from keychest.notify.parts."""
     module = optional_module("keychest.notify.parts")
@@ -58,9 +68,11 @@ class Process:
     extra_parts: list[Part] = field(default_factory=list)
 
     async def run(self) -> None:
-        db = Database(self.settings.db_url)
+        db = Database(self.settings.db_url, sqlite_autocheckpoint=False)
         upgrade(db)
         service = Keychest(db, self.settings)
+        if db.is_sqlite:
+            self.extra_parts.append(run_checkpointer)
         if self.settings.role not in ("all", "api"):
             await self._run_background(service, parts_for(self.settings.role) + self.extra_parts)
             db.dispose()

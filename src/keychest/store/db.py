@@ -27,11 +27,11 @@ def sqlite_url_for(data_dir: Path) -> str:
     return f"sqlite:///{data_dir.resolve() / 'keychest.db'}"
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+def make_engine(url: str, *, pool_size: int = 5, sqlite_autocheckpoint: bool = True) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, sqlite_autocheckpoint)
         return engine
     return create_engine(
         url,
@@ -57,7 +57,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     )
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, autocheckpoint: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         # Take transaction control from pysqlite so that BEGIN and SAVEPOINT mean what
@@ -69,6 +69,10 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
+        if not autocheckpoint:
+            # The committing writer would otherwise copy the WAL back into the database every
+            # 1000 pages, on the request path; Database.checkpoint() does it in the background.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -84,9 +88,9 @@ def _configure_sqlite(engine: Engine) -> None:
 class Database:
     """The engine plus two session factories: one for writes, one for reads."""
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, sqlite_autocheckpoint: bool = True) -> None:
         self.url = normalise_url(url)
-        self.engine = make_engine(self.url, pool_size=pool_size)
+        self.engine = make_engine(self.url, pool_size=pool_size, sqlite_autocheckpoint=sqlite_autocheckpoint)
         self.is_sqlite = self.url.startswith("sqlite")
         writer = self.engine.execution_options(keychest_write=True)
         self._write_sessions = sessionmaker(bind=writer, expire_on_commit=False)
@@ -102,6 +106,16 @@ class Database:
     def read(self) -> Iterator[Session]:
         with self._read_sessions() as session, session.begin():
             yield session
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy SQLite's WAL back into the database without blocking writers (PASSIVE).
+
+        Returns (pages in the WAL, pages copied). A long-running process that switched
+        auto-checkpoints off calls this from a background task.
+        """
+        with self.engine.connect() as conn:
+            busy, wal_pages, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        return wal_pages, copied
 
     def dispose(self) -> None:
         self.engine.dispose()
