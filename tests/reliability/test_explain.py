@@ -1,9 +1,9 @@
 """Every query on a hot path is answered through an index, on SQLite and on PostgreSQL.
 
-The statements are built here the way the services build them (service/scans.py lease_due
-and record, service/keys.py use_many, service/domains.py add_many and _endpoint_ids): the
-services run them inline rather than exposing them, so a change there must be mirrored here
-(asked of the line API's owner: expose the statements so this test can import them).
+The hot statements come from the services themselves (scans.due_query, keys.keys_by_hash,
+keys.keys_made_since, domains.endpoints_by_host, domains.existing_watches,
+domains.watch_counts), so a change there is checked here; the few built inline (updates by
+primary key, record()'s read) are rebuilt the way the services build them.
 
 SQLite: EXPLAIN QUERY PLAN must show SEARCH ... USING (COVERING) INDEX / INTEGER PRIMARY KEY,
 never a SCAN of the table. PostgreSQL: with a few thousand rows and `enable_seqscan = off` (so
@@ -19,9 +19,10 @@ from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.sql.dml import Update
 
+from keychest.service import domains, keys, scans
 from keychest.store.db import Database, upgrade
 from keychest.store.models import AddressState, ApiKey, Endpoint, Watch
 
@@ -95,13 +96,7 @@ def assert_indexed(db: Database, statement: Select | Update, *tables: str) -> No
 
 def test_scheduler_lease_query_uses_the_due_index(db: Database) -> None:
     # service/scans.py lease_due: what is due, oldest first, locked rows skipped.
-    statement = (
-        select(Endpoint.id, Endpoint.host, Endpoint.port)
-        .where(Endpoint.next_scan_at <= NOW + timedelta(seconds=100))
-        .order_by(Endpoint.next_scan_at)
-        .limit(64)
-        .with_for_update(skip_locked=True)
-    )
+    statement = scans.due_query(NOW + timedelta(seconds=100), 64)
     assert_indexed(db, statement, "endpoints")
     if db.is_sqlite:
         assert "TEMP B-TREE" not in plan(db, statement), "the ORDER BY must come from the index"
@@ -128,33 +123,20 @@ def test_scheduler_lease_update_and_record_by_key(db: Database) -> None:
 
 def test_line_api_key_lookup_uses_the_hash_index(db: Database) -> None:
     # service/keys.py use_many: keys by hash, a batch at a time.
-    statement = select(ApiKey).where(ApiKey.key_hash.in_([f"{i:064x}" for i in (3, 30, 300)]))
+    statement = keys.keys_by_hash([f"{i:064x}" for i in (3, 30, 300)])
     assert_indexed(db, statement, "api_keys")
     # keys.create_many: the hourly quota per address.
-    quota = (
-        select(ApiKey.created_ip, func.count())
-        .where(ApiKey.created_ip.in_(["10.0.0.1", "10.0.1.1"]), ApiKey.created_at >= NOW)
-        .group_by(ApiKey.created_ip)
-    )
+    quota = keys.keys_made_since(["10.0.0.1", "10.0.1.1"], NOW)
     assert_indexed(db, quota, "api_keys")
 
 
 def test_line_api_add_queries_use_indexes(db: Database) -> None:
     # domains._select_endpoints: existing endpoints by host (the unique host, port index).
-    hosts = select(Endpoint.id, Endpoint.host, Endpoint.port).where(
-        Endpoint.host.in_(["h1.explain.test", "h2.explain.test"])
-    )
+    hosts = domains.endpoints_by_host(["h1.explain.test", "h2.explain.test"])
     assert_indexed(db, hosts, "endpoints")
     # domains.add_many: the watches that already exist for these endpoints and keys.
-    watched = (
-        select(Watch.id, Watch.api_key_id, Watch.endpoint_id, ApiKey.account_id, ApiKey.state)
-        .join(ApiKey, ApiKey.id == Watch.api_key_id)
-        .where(Watch.endpoint_id.in_([1, 2, 3]))
-        .where(or_(Watch.api_key_id.in_([1, 2]), ApiKey.account_id.in_([7])))
-    )
+    watched = domains.existing_watches([1, 2, 3], [1, 2], [7])
     assert_indexed(db, watched, "watches", "api_keys")
     # domains.add_many: domains per unconfirmed key (the quota).
-    per_key = (
-        select(Watch.api_key_id, func.count()).where(Watch.api_key_id.in_([1, 2])).group_by(Watch.api_key_id)
-    )
+    per_key = domains.watch_counts([1, 2])
     assert_indexed(db, per_key, "watches")

@@ -8,9 +8,9 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Select, func, insert, select
 
 from keychest.service import audit, errors
 from keychest.service.bulk import bulk_of, chunks, only
@@ -43,6 +43,22 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("ascii")).hexdigest()
 
 
+# The statements of the hot path, built here so tests can EXPLAIN exactly these.
+
+
+def keys_by_hash(hashes: Sequence[str]) -> Select[tuple[ApiKey]]:
+    return select(ApiKey).where(ApiKey.key_hash.in_(hashes))
+
+
+def keys_made_since(ips: Sequence[str | None], since: datetime) -> Select[tuple[str | None, int]]:
+    """New keys per source address since a moment: the hourly quota."""
+    return (
+        select(ApiKey.created_ip, func.count())
+        .where(ApiKey.created_ip.in_(ips), ApiKey.created_at >= since)
+        .group_by(ApiKey.created_ip)
+    )
+
+
 def create(ctx: Ctx, *, key: str | None = None) -> IssuedKey:
     """Make a new unclaimed key (``key`` lets a REST client choose its own)."""
     return only(create_many(ctx, [(ctx.ip, (key,) if key is not None else ())]))
@@ -58,13 +74,7 @@ def create_many(
     if limit > 0:
         since = ctx.now - timedelta(hours=1)
         for chunk in chunks({ip for ip, _ in items if ip is not None}):
-            made.update(
-                ctx.session.execute(
-                    select(ApiKey.created_ip, func.count())
-                    .where(ApiKey.created_ip.in_(chunk), ApiKey.created_at >= since)
-                    .group_by(ApiKey.created_ip)
-                ).all()
-            )
+            made.update(ctx.session.execute(keys_made_since(chunk, since)).all())
     rows: list[tuple[int, str, str | None]] = []  # (item index, raw key, ip)
     for index, (ip, args) in enumerate(items):
         if limit > 0 and ip is not None:
@@ -135,7 +145,7 @@ def use_many(
     wanted = {raw: hash_key(raw) for raw in {raw for _, raw in uses} if KEY_PATTERN.fullmatch(raw)}
     found: dict[str, ApiKey] = {}
     for chunk in chunks(set(wanted.values())):
-        for row in ctx.session.scalars(select(ApiKey).where(ApiKey.key_hash.in_(chunk))):
+        for row in ctx.session.scalars(keys_by_hash(chunk)):
             found[row.key_hash] = row
     answer: dict[str, ApiKey | ServiceError] = {}
     for ip, raw in uses:

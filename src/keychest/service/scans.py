@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keychest.scan.judge import CertFacts
@@ -34,6 +34,17 @@ def _naive(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
+def due_query(now: datetime, limit: int) -> Select[tuple[int, str, int]]:
+    """The endpoints due at ``now``, oldest first, rows other scanners hold skipped."""
+    return (
+        select(Endpoint.id, Endpoint.host, Endpoint.port)
+        .where(Endpoint.next_scan_at <= now)
+        .order_by(Endpoint.next_scan_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
 def lease_due(ctx: Ctx, *, owner: str, limit: int, lease_s: float) -> list[DueEndpoint]:
     """Claim up to ``limit`` endpoints that are due, for ``lease_s`` seconds.
 
@@ -42,13 +53,7 @@ def lease_due(ctx: Ctx, *, owner: str, limit: int, lease_s: float) -> list[DueEn
     when its lease ends. On PostgreSQL, SKIP LOCKED lets many scanners lease side by side.
     """
     until = ctx.now + timedelta(seconds=lease_s)
-    rows = ctx.session.execute(
-        select(Endpoint.id, Endpoint.host, Endpoint.port)
-        .where(Endpoint.next_scan_at <= ctx.now)
-        .order_by(Endpoint.next_scan_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
+    rows = ctx.session.execute(due_query(ctx.now, limit)).all()
     if not rows:
         return []
     ctx.session.execute(
