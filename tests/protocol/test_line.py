@@ -113,12 +113,27 @@ def test_framer_reassembles_any_chunking(chunks: list[bytes]) -> None:
         assert got == expected[: len(got)]
 
 
-token = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40)
-
-
-@given(token, st.one_of(st.none(), token))
-def test_responses_are_small_and_two_lines_at_most(text: str, data: str | None) -> None:
-    raw = format_response(Response(200, text * 30, data=data))
+@given(
+    st.text(max_size=3000),
+    st.one_of(st.none(), st.text(max_size=3000)),
+    st.sampled_from([200, 404, 500]),
+)
+def test_responses_are_small_and_two_lines_at_most(text: str, data: str | None, code: int) -> None:
+    raw = format_response(Response(code, text, data=data))
     assert len(raw) <= MAX_RESPONSE_BYTES
-    assert raw.endswith(b"\n") and raw.count(b"\n") <= 2
-    assert raw.splitlines()[-1].startswith(b"status ok 200 ")
+    assert raw.endswith(b"\n") and raw.count(b"\n") == (1 if data is None else 2)
+    assert raw.splitlines()[-1].startswith(b"status ok 200 " if code == 200 else b"status error ")
+    if data is not None:
+        assert raw.startswith(b"data ")
+
+
+def test_long_texts_are_cut_to_fit_one_read() -> None:
+    raw = format_response(Response(200, "0" * 900))
+    assert len(raw) <= MAX_RESPONSE_BYTES and raw.startswith(b"status ok 200 000")
+    raw = format_response(Response(200, "x" * 900, data="d" * 2000))
+    lines = raw.split(b"\n")
+    assert (
+        len(raw) <= MAX_RESPONSE_BYTES
+        and lines[0].startswith(b"data ddd")
+        and lines[1].startswith(b"status ok")
+    )

@@ -20,6 +20,8 @@ MAX_LINE_BYTES = 1024
 
 # Responses stay well under the 1000 bytes a single `dd bs=1000 count=1` reads.
 MAX_RESPONSE_BYTES = 900
+# A status line's human-readable text; the data line gets the rest of the room.
+MAX_STATUS_TEXT = 200
 
 
 @dataclass(frozen=True)
@@ -116,15 +118,21 @@ def parse_request(line: bytes) -> Request | None:
 
 
 def format_response(response: Response) -> bytes:
-    """The whole answer to one request: an optional data line, then one status line."""
+    """The whole answer to one request: an optional data line, then one status line.
+
+    Texts are cut to fit, so that every answer stays within MAX_RESPONSE_BYTES and one
+    `dd bs=1000 count=1` read gets all of it, whatever a caller passes.
+    """
     word = "ok" if response.ok else "error"
-    status = f"status {word} {response.code} {_one_line(response.text)}\n"
-    out = status if response.data is None else f"data {_one_line(response.data)}\n{status}"
-    raw = out.encode("ascii", "replace")
-    if len(raw) > MAX_RESPONSE_BYTES:
-        # Should never happen with our own texts; truncating keeps the one-read promise.
-        raw = raw[: MAX_RESPONSE_BYTES - len(status)] + b"\n" + status.encode("ascii", "replace")
-    return raw
+    text = _one_line(response.text)[:MAX_STATUS_TEXT]
+    status = f"status {word} {response.code} {text}\n"
+    if response.data is None:
+        out = status
+    else:
+        room = MAX_RESPONSE_BYTES - len(status) - len("data \n")
+        out = f"data {_one_line(response.data)[:room]}\n{status}"
+    # ASCII with "?" for anything else: one byte per character, so the cuts above hold.
+    return out.encode("ascii", "replace")
 
 
 def help_text() -> str:
