@@ -128,4 +128,3 @@ def outbox_cmd(db_url: str | None, data_dir: Path, as_json: bool) -> None:
         return
     cols = ["id", "kind", "to", "state", "attempts", "created_at", "sent_at", "last_error"]
     _table(f"{len(rows)} mails", cols, [[r[c] for c in cols] for r in rows])
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import click
 
+from keychest.config import MailSettings
 from keychest.store.db import sqlite_url_for
 
 
@@ -22,9 +24,9 @@ def env_option(*decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Cal
 
 
 def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = env_option(
-        "--db", "db_url", default=None, help="Database URL (default: SQLite in --data-dir)."
-    )(func)
+    func = env_option("--db", "db_url", default=None, help="Database URL (default: SQLite in --data-dir).")(
+        func
+    )
     return env_option(
         "--data-dir",
         type=click.Path(file_okay=False, path_type=Path),
@@ -74,3 +76,60 @@ def parse_duration(text: str) -> float:
     if value <= 0:
         raise click.BadParameter("a duration must be positive")
     return value
+
+
+def default_mail_domain() -> str:
+    fqdn = socket.getfqdn()
+    return fqdn if "." in fqdn and not fqdn.endswith(".localdomain") else "keychest.invalid"
+
+
+def mail_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The mail flags `serve` and `report weekly` share; see :func:`mail_settings`."""
+    options = [
+        env_option(
+            "--smtp", default=None, help="SMTP server HOST:PORT (unset: mails stay queued in the outbox)."
+        ),
+        env_option("--smtp-user", default=None, help="SMTP user name."),
+        env_option(
+            "--smtp-password-file",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="File holding the SMTP password (kept out of the process list).",
+        ),
+        env_option("--smtp-starttls", is_flag=True, default=False, help="Use STARTTLS with the SMTP server."),
+        env_option(
+            "--mail-from", default=None, help="From: address of every mail. [default: keychest@MAIL-DOMAIN]"
+        ),
+        env_option(
+            "--public-url",
+            default=None,
+            help="The dashboard's address as users reach it, for links in mails. [default: http://HTTP-LISTEN]",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def mail_settings(
+    smtp: str | None,
+    user: str | None,
+    password_file: str | None,
+    starttls: bool,
+    mail_from: str | None,
+    public_url: str | None,
+    mail_domain: str,
+    default_public_url: str,
+) -> MailSettings:
+    """MailSettings from the flags of :func:`mail_options`."""
+    host, port = parse_listen(smtp, "127.0.0.1") if smtp else (None, 25)
+    password = Path(password_file).read_text().strip() if password_file else None
+    return MailSettings(
+        smtp_host=host,
+        smtp_port=port,
+        smtp_user=user,
+        smtp_password=password,
+        smtp_starttls=starttls,
+        mail_from=mail_from or f"keychest@{mail_domain}",
+        public_url=(public_url or default_public_url).rstrip("/"),
+    )

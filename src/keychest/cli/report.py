@@ -9,8 +9,15 @@ from pathlib import Path
 
 import click
 
-from keychest.cli.options import db_option, env_option, print_json, resolve_db_url
-from keychest.cli.serve import default_mail_domain, mail_settings
+from keychest.cli.options import (
+    db_option,
+    default_mail_domain,
+    env_option,
+    mail_options,
+    mail_settings,
+    print_json,
+    resolve_db_url,
+)
 from keychest.config import Settings
 from keychest.notify.outbox import Sender
 from keychest.service import reports
@@ -37,17 +44,7 @@ def report() -> None:
 @env_option(
     "--mail-domain", default=None, help="Placeholder mail domain (never mailed). [default: this host's FQDN]"
 )
-@env_option("--smtp", default=None, help="SMTP server HOST:PORT (unset: reports stay queued in the outbox).")
-@env_option("--smtp-user", default=None, help="SMTP user name.")
-@env_option(
-    "--smtp-password-file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="File holding the SMTP password.",
-)
-@env_option("--smtp-starttls", is_flag=True, default=False, help="Use STARTTLS with the SMTP server.")
-@env_option("--mail-from", default=None, help="From: address. [default: keychest@MAIL-DOMAIN]")
-@env_option("--public-url", default=None, help="The dashboard's address, for links in mails.")
+@mail_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def weekly_cmd(
     db_url: str | None,

@@ -3,43 +3,22 @@
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 import click
 
-from keychest.cli.options import db_option, env_option, parse_duration, parse_listen, resolve_db_url
-from keychest.config import Limits, LineServerSettings, MailSettings, SchedulerSettings, Settings
+from keychest.cli.options import (
+    db_option,
+    default_mail_domain,
+    env_option,
+    mail_options,
+    mail_settings,
+    parse_duration,
+    parse_listen,
+    resolve_db_url,
+)
+from keychest.config import Limits, LineServerSettings, SchedulerSettings, Settings
 from keychest.scan.runner import ScanOptions
-
-
-def default_mail_domain() -> str:
-    fqdn = socket.getfqdn()
-    return fqdn if "." in fqdn and not fqdn.endswith(".localdomain") else "keychest.invalid"
-
-
-def mail_settings(
-    smtp: str | None,
-    user: str | None,
-    password_file: str | None,
-    starttls: bool,
-    mail_from: str | None,
-    public_url: str | None,
-    mail_domain: str,
-    default_public_url: str,
-) -> MailSettings:
-    """The mail flags shared by `serve` and `report weekly`."""
-    host, port = parse_listen(smtp, "127.0.0.1") if smtp else (None, 25)
-    password = Path(password_file).read_text().strip() if password_file else None
-    return MailSettings(
-        smtp_host=host,
-        smtp_port=port,
-        smtp_user=user,
-        smtp_password=password,
-        smtp_starttls=starttls,
-        mail_from=mail_from or f"keychest@{mail_domain}",
-        public_url=(public_url or default_public_url).rstrip("/"),
-    )
 
 
 @click.command()
@@ -131,23 +110,7 @@ def mail_settings(
     default=False,
     help="Scan loopback/private/link-local addresses too (intranet installs, tests).",
 )
-@env_option(
-    "--smtp", default=None, help="SMTP server HOST:PORT for outgoing mail (unset: mails stay queued)."
-)
-@env_option("--smtp-user", default=None, help="SMTP user name.")
-@env_option(
-    "--smtp-password-file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="File holding the SMTP password (kept out of the process list).",
-)
-@env_option("--smtp-starttls", is_flag=True, default=False, help="Use STARTTLS with the SMTP server.")
-@env_option("--mail-from", default=None, help="From: address of every mail. [default: keychest@MAIL-DOMAIN]")
-@env_option(
-    "--public-url",
-    default=None,
-    help="The dashboard's address as users reach it, for links in mails. [default: http://HTTP-LISTEN]",
-)
+@mail_options
 @env_option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )
