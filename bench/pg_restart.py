@@ -22,7 +22,6 @@ import argparse
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,16 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 
+from netutil import free_port  # noqa: E402
 from tests.reliability.support import LIMITS_OFF, LedgerClient, RoleProcess, request_key, watched_hosts  # noqa: E402
 from tests.support.server import start_server  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PrivateCluster:

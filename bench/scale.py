@@ -41,7 +41,6 @@ import functools
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import sqlalchemy as sa  # noqa: E402
+from netutil import free_port, wait_port  # noqa: E402
 
 from keychest.config import Limits, SchedulerSettings, Settings  # noqa: E402
 from keychest.scan.judge import State, Verdict, cert_facts  # noqa: E402
@@ -74,23 +74,6 @@ LIMITS_OFF = [
     "--keys-per-ip-per-hour", "0", "--apikey-burst", "0", "--domains-per-unconfirmed-key", "0",
     "--claims-per-email-per-day", "0",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"port {port} did not open")
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
