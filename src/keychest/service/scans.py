@@ -139,6 +139,19 @@ def _change(previous: AddressState | None, cert_id: int | None, error_kind: str 
     return "new_certificate" if previous.certificate_id != cert_id else None
 
 
+def _last_certificate(ctx: Ctx, endpoint_id: int, ip: str) -> int | None:
+    return ctx.session.scalar(
+        select(ScanChange.certificate_id)
+        .where(
+            ScanChange.endpoint_id == endpoint_id,
+            ScanChange.ip == ip,
+            ScanChange.certificate_id.is_not(None),
+        )
+        .order_by(ScanChange.id.desc())
+        .limit(1)
+    )
+
+
 def record(
     ctx: Ctx,
     endpoint_id: int,
@@ -170,6 +183,8 @@ def record(
         worst = state if STATE_ORDER.get(state, 3) > STATE_ORDER[worst] else worst
         verdict = result.verdict
         old = previous.get(ip)
+        # Read before the UPDATE below, which also refreshes `old` in the session.
+        old_certificate_id = old.certificate_id if old is not None else None
         change = _change(old, cert_id, error_kind)
         values = {
             "state": state,
@@ -194,16 +209,25 @@ def record(
             if change is not None:
                 values["since"] = ctx.now
             ctx.session.execute(update(AddressState).where(AddressState.id == old.id).values(**values))
+        history = []
         if change is not None:
-            changes.append(change)
+            history.append((change, old_certificate_id))
+        if change == "recovered":
+            # A server restarted with its renewed certificate between two scans: the error
+            # hid the switch, so compare with the last certificate this address showed.
+            last = _last_certificate(ctx, endpoint_id, ip)
+            if last is not None and last != cert_id:
+                history.append(("new_certificate", last))
+        for kind, previous_certificate_id in history:
+            changes.append(kind)
             ctx.session.execute(
                 insert(ScanChange).values(
                     endpoint_id=endpoint_id,
                     ip=ip,
                     at=ctx.now,
-                    change=change,
+                    change=kind,
                     certificate_id=cert_id,
-                    previous_certificate_id=old.certificate_id if old is not None else None,
+                    previous_certificate_id=previous_certificate_id,
                     error_kind=error_kind,
                     error=values["error"],
                 )
