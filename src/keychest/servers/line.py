@@ -69,7 +69,7 @@ class WriteBatcher:
         done.add_done_callback(lambda fut: self._finished(batch, fut))
 
     def _commit(self, calls: list[Call]) -> list[object]:
-        for delay in (*RETRY_DELAYS_S, None):
+        for attempt in range(len(RETRY_DELAYS_S) + 1):
             try:
                 return self.service.call_batch(calls)
             except (OperationalError, InterfaceError) as exc:
@@ -77,15 +77,16 @@ class WriteBatcher:
                 # Repeating the batch is safe even when the failure hit the COMMIT itself:
                 # adds and claims are idempotent, and a repeated `apikey` only leaves an
                 # unused key behind.
-                if delay is None:
+                if attempt == len(RETRY_DELAYS_S):
                     log.error("database unavailable; %d requests answered 503: %s", len(calls), exc)
                     return [exc] * len(calls)
+                delay = RETRY_DELAYS_S[attempt]
                 log.warning("database unavailable; retrying %d requests in %gs: %s", len(calls), delay, exc)
                 time.sleep(delay)
             except Exception as exc:  # a bug: every request of the batch gets a 500, none an ok
                 log.exception("write batch of %d failed", len(calls))
                 return [exc] * len(calls)
-        raise AssertionError("unreachable")
+        return []  # not reached: the last attempt returns
 
     def _finished(self, batch: list, fut: asyncio.Future[list[object]]) -> None:  # type: ignore[type-arg]
         results = fut.result() if not fut.cancelled() else [RuntimeError("cancelled")] * len(batch)

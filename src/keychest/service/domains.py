@@ -210,9 +210,10 @@ def add_many(
             for key_id in chunk:
                 counts.setdefault(key_id, 0)
 
-    new_rows: list[dict[str, object]] = []
-    placed: dict[tuple[int, int], int] = {}  # (key id, endpoint id) -> position in new_rows
-    pending: list[tuple[int, DomainName, int, int]] = []  # (item index, domain, endpoint, row position)
+    # New watches, and per item what it gets; ids come back from the INSERT by (key, endpoint).
+    new_rows: list[tuple[ApiKey, int, str | None, DomainName]] = []
+    placed: set[tuple[int, int]] = set()
+    pending: list[tuple[int, DomainName, int, int, bool]] = []  # (index, domain, endpoint, key, created)
     for index, ip, key, domain in todo:
         endpoint_id = endpoint_ids[(domain.host, domain.port)]
         existing = watched.get((key.id, endpoint_id))
@@ -222,9 +223,8 @@ def add_many(
         if existing is not None:
             results[index] = AddOutcome(domain, existing, endpoint_id, created=False)
             continue
-        position = placed.get((key.id, endpoint_id))
-        if position is not None:  # the same add twice in one batch
-            pending.append((index, domain, endpoint_id, -1 - position))
+        if (key.id, endpoint_id) in placed:  # the same add twice in one batch
+            pending.append((index, domain, endpoint_id, key.id, False))
             continue
         if key.id in counts:
             if counts[key.id] >= limit:
@@ -233,48 +233,38 @@ def add_many(
                 )
                 continue
             counts[key.id] += 1
-        placed[(key.id, endpoint_id)] = len(new_rows)
-        pending.append((index, domain, endpoint_id, len(new_rows)))
-        new_rows.append(
-            {
-                "api_key_id": key.id,
-                "endpoint_id": endpoint_id,
-                "added_at": ctx.now,
-                "added_ip": ip,
-                "_account_id": key.account_id,
-                "_domain": str(domain),
-            }
-        )
-    watch_ids: list[int] = []
+        placed.add((key.id, endpoint_id))
+        pending.append((index, domain, endpoint_id, key.id, True))
+        new_rows.append((key, endpoint_id, ip, domain))
+    inserted: dict[tuple[int, int], int] = {}
     if new_rows:
-        columns = ("api_key_id", "endpoint_id", "added_at", "added_ip")
         # RETURNING without a parameter order lets the rows go in multi-row statements; the
         # ids are matched back by (key, endpoint), which is unique.
         inserted = {
             (key_id, endpoint_id): watch_id
             for watch_id, key_id, endpoint_id in ctx.session.execute(
                 insert(Watch.__table__).returning(Watch.id, Watch.api_key_id, Watch.endpoint_id),
-                [{c: row[c] for c in columns} for row in new_rows],
+                [
+                    {"api_key_id": key.id, "endpoint_id": endpoint_id, "added_at": ctx.now, "added_ip": ip}
+                    for key, endpoint_id, ip, _ in new_rows
+                ],
             )
         }
-        watch_ids = [inserted[(row["api_key_id"], row["endpoint_id"])] for row in new_rows]
         audit.record_many(
             ctx,
             [
                 {
                     "event": "domain_added",
-                    "ip": row["added_ip"],
-                    "api_key_id": row["api_key_id"],
-                    "account_id": row["_account_id"],
-                    "subject": row["_domain"],
+                    "ip": ip,
+                    "api_key_id": key.id,
+                    "account_id": key.account_id,
+                    "subject": str(domain),
                 }
-                for row in new_rows
+                for key, _, ip, domain in new_rows
             ],
         )
-    for index, domain, endpoint_id, position in pending:
-        created = position >= 0
-        watch_id = watch_ids[position if created else -1 - position]
-        results[index] = AddOutcome(domain, watch_id, endpoint_id, created=created)
+    for index, domain, endpoint_id, key_id, created in pending:
+        results[index] = AddOutcome(domain, inserted[(key_id, endpoint_id)], endpoint_id, created=created)
     return results  # type: ignore[return-value]
 
 

@@ -75,7 +75,8 @@ def create_many(
         since = ctx.now - timedelta(hours=1)
         for chunk in chunks({ip for ip, _ in items if ip is not None}):
             made.update(ctx.session.execute(keys_made_since(chunk, since)).all())
-    rows: list[tuple[int, str, str | None]] = []  # (item index, raw key, ip)
+    # (item index, raw key, its hash, source address, chosen by the client?): hashed once.
+    rows: list[tuple[int, str, str, str | None, bool]] = []
     for index, (ip, args) in enumerate(items):
         if limit > 0 and ip is not None:
             if made.get(ip, 0) >= limit:
@@ -86,39 +87,44 @@ def create_many(
         if not KEY_PATTERN.fullmatch(raw):
             results[index] = errors.invalid("an API key is 16 to 64 of A-Z a-z 0-9 -")
             continue
-        rows.append((index, raw, ip))
-    chosen = [hash_key(raw) for index, raw, _ in rows if items[index][1]]
+        rows.append((index, raw, hash_key(raw), ip, bool(args)))
+    chosen = [digest for _, _, digest, _, is_chosen in rows if is_chosen]
     if chosen:
         # A client-chosen key may exist already; a generated one has 160 random bits.
         taken = set(ctx.session.scalars(select(ApiKey.key_hash).where(ApiKey.key_hash.in_(chosen))))
-        for row in [row for row in rows if hash_key(row[1]) in taken]:
-            results[row[0]] = errors.forbidden("that API key is taken; choose another")
-            rows.remove(row)
+        for index, _, digest, _, _ in rows:
+            if digest in taken:
+                results[index] = errors.forbidden("that API key is taken; choose another")
+        rows = [row for row in rows if row[2] not in taken]
     if rows:
         # Matched back by hash: RETURNING without a parameter order batches the rows.
-        by_hash = dict(
+        ids_by_hash = dict(
             ctx.session.execute(
                 insert(ApiKey.__table__).returning(ApiKey.key_hash, ApiKey.id),
                 [
                     {
-                        "key_hash": hash_key(raw),
+                        "key_hash": digest,
                         "prefix": raw[:PREFIX_LEN],
                         "state": "unclaimed",
                         "created_at": ctx.now,
                         "created_ip": ip,
                     }
-                    for _, raw, ip in rows
+                    for _, raw, digest, ip, _ in rows
                 ],
             ).all()
         )
-        ids = [by_hash[hash_key(raw)] for _, raw, _ in rows]
-        for (index, raw, _), key_id in zip(rows, ids, strict=True):
-            results[index] = IssuedKey(key_id, raw, raw[:PREFIX_LEN])
+        for index, raw, digest, _, _ in rows:
+            results[index] = IssuedKey(ids_by_hash[digest], raw, raw[:PREFIX_LEN])
         audit.record_many(
             ctx,
             [
-                {"event": "key_created", "ip": ip, "api_key_id": key_id, "subject": raw[:PREFIX_LEN]}
-                for (_, raw, ip), key_id in zip(rows, ids, strict=True)
+                {
+                    "event": "key_created",
+                    "ip": ip,
+                    "api_key_id": ids_by_hash[digest],
+                    "subject": raw[:PREFIX_LEN],
+                }
+                for _, raw, digest, ip, _ in rows
             ],
         )
     return results  # type: ignore[return-value]
