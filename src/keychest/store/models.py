@@ -41,6 +41,8 @@ class Account(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     created_ip: Mapped[str | None] = mapped_column(String(64))
     confirmed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Signed into session cookies; bumping it (sign-out everywhere, block, key revoke) ends them all.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiKey(Base):
