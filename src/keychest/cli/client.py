@@ -10,7 +10,7 @@ from keychest.cli.options import env_option, print_json
 from keychest.client import LineClient, LineReply, parse_server
 
 
-def _run(server: str, command: str, as_json: bool, **args: str) -> None:
+def _run(server: str, as_json: bool, command: str, **args: str) -> None:
     host, port = parse_server(server)
     try:
         with LineClient(host, port) as client:
