@@ -1,0 +1,48 @@
+"""The REST API v1.0: answer shapes (``models``), the body limit (``limits``), request reading
+(``inputs``) and the routes (``routes``). :func:`install` puts them on the app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from keychest.service.facade import Keychest
+from keychest.web.rest.limits import MAX_BODY, BodyLimit
+from keychest.web.rest.models import error_response
+from keychest.web.rest.routes import PREFIX, build_router
+
+__all__ = ["MAX_BODY", "PREFIX", "BodyLimit", "build_router", "install"]
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def install(app: FastAPI, service: Keychest) -> None:
+    app.include_router(build_router(service))
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+
+    # FastAPI's own errors (a missing path part, a 404 route, a wrong method) in the same
+    # JSON shape as ours under /api/; other paths keep FastAPI's defaults.
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Any:
+        if not _is_api(request):
+            return await request_validation_exception_handler(request, exc)
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        text = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid input"))
+        return error_response(422, "invalid", text)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        if not _is_api(request):
+            return await http_exception_handler(request, exc)
+        words = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+        response = error_response(exc.status_code, words.get(exc.status_code, "error"), str(exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response

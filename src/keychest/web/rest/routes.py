@@ -1,0 +1,365 @@
+"""The REST API v1.0 routes, in the shape of KeyChest's published API so its scripts work unchanged.
+
+Every answer is JSON with a ``status`` word; errors add ``error`` (a sentence for people) and
+use the HTTP code of the service rule that refused (401 unknown key, 404 not yours, 422
+invalid input, 429 too many). The API key may come as ``api_key`` in the query or the body
+(JSON or form), as a Bearer token, or as the Basic-auth password.
+
+Beyond KeyChest: list, look up and remove servers, list and look up certificates, revoke a
+key, and ``certificate/add`` to watch a PEM certificate's expiry without a server.
+
+Each route is one line: :func:`respond` runs a module-level work function on an
+:class:`Exchange`; the work functions turn service results into the answer shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from keychest.service import certificates, domains, servers
+from keychest.service.context import Ctx
+from keychest.service.facade import Keychest
+from keychest.web.rest.inputs import Exchange, required, respond, split_keychest_path
+from keychest.web.rest.models import (
+    ERRORS,
+    KEY_DOC,
+    KEY_QUERY,
+    AddAnswer,
+    CertificateAddAnswer,
+    CertificateAnswer,
+    CertificatesAnswer,
+    ClaimAnswer,
+    ExpirationAnswer,
+    LookupAnswer,
+    PingAnswer,
+    RemoveAnswer,
+    RevokeAnswer,
+    ServersAnswer,
+    UserAnswer,
+    body_schema,
+)
+
+PREFIX = "/api/v1.0"
+
+
+# --- answers from service results --------------------------------------------------------------
+
+
+def _ts(moment: datetime | None) -> int | None:
+    return None if moment is None else int((moment - datetime(1970, 1, 1)).total_seconds())
+
+
+def _server_item(row: servers.ServerRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "domain": row.domain,
+        "host": row.host,
+        "port": row.port,
+        "state": row.state,
+        "addresses": row.addresses,
+        "earliest_expiry_utc": _ts(row.earliest_not_after),
+        "last_scan_utc": _ts(row.last_scan_at),
+        "added_utc": _ts(row.added_at),
+    }
+
+
+def _certificate_item(row: certificates.CertRow) -> dict[str, Any]:
+    return {
+        "sha256": row.sha256,
+        "subject": row.subject,
+        "issuer": row.issuer,
+        "not_before_utc": _ts(row.not_before),
+        "not_after_utc": _ts(row.not_after),
+        "subject_alt_names": row.subject_alt_names,
+        "watched": row.watched,
+    }
+
+
+def _claim(claimed: servers.Claimed) -> dict[str, str]:
+    return {
+        "status": claimed.status,
+        "user": claimed.email,
+        "api_key": claimed.api_key,
+        "key_state": claimed.key_state,
+    }
+
+
+# --- what each route does ----------------------------------------------------------------------
+
+
+def _claim_new(x: Exchange, email: str) -> dict[str, str]:
+    return _claim(x.call(servers.claim_new_key, email))
+
+
+def _claim_chosen(x: Exchange) -> dict[str, str]:
+    return _claim(x.call(servers.claim_chosen_key, x.field("api_key"), x.field("email")))
+
+
+def _revoke(x: Exchange) -> dict[str, Any]:
+    return {"status": "revoked", "key_prefix": x.call(servers.revoke_own_key, x.key())}
+
+
+def _user(x: Exchange) -> dict[str, Any]:
+    owner = x.call(servers.whoami, x.key())
+    return {
+        "status": "success",
+        "user": owner.email,
+        "account_state": owner.account_state,
+        "key_prefix": owner.key_prefix,
+        "key_state": owner.key_state,
+        "domains": owner.domains,
+    }
+
+
+def _add(x: Exchange) -> dict[str, Any]:
+    key = x.key()
+    outcome = x.call(domains.add, key, x.field("domain"))
+    return {
+        "status": "success",
+        "domain": str(outcome.domain),
+        "id": str(outcome.watch_id),
+        "key": f"{outcome.domain.host}:{outcome.domain.port}",
+        "created": outcome.created,
+    }
+
+
+def _remove(x: Exchange, domain: str | None) -> dict[str, Any]:
+    key = x.key()
+    name = domain or x.field("domain")
+    return {"status": "success", "domain": x.call(servers.remove, key, name)}
+
+
+def _list_servers(x: Exchange, limit: int, offset: int) -> dict[str, Any]:
+    rows = x.call(servers.list_for_key, x.key())
+    return {"status": "success", "servers": [_server_item(r) for r in rows[offset : offset + limit]]}
+
+
+def _expiration(x: Exchange, domain: str) -> Any:
+    name, payload = split_keychest_path(domain, x.payload)
+    x = replace(x, payload=payload)
+    return x.call(servers.expiration, x.key(), name)
+
+
+def _server_and_expiration(ctx: Ctx, key: str, domain: str) -> tuple[servers.ServerRow, dict[str, object]]:
+    answer = servers.expiration(ctx, key, domain)
+    endpoint = servers.owned_endpoint(ctx, key, domain)
+    row = next(r for r in servers.list_for_key(ctx, key) if r.id == endpoint.id)
+    return row, answer
+
+
+def _lookup(x: Exchange, domain: str) -> dict[str, Any]:
+    row, answer = x.call(_server_and_expiration, x.key(), domain)
+    return {"status": "success", "server": _server_item(row), "expiration": answer}
+
+
+def _list_certificates(x: Exchange) -> dict[str, Any]:
+    rows = x.call(certificates.list_for_key, x.key())
+    return {"status": "success", "certificates": [_certificate_item(r) for r in rows]}
+
+
+def _certificate(x: Exchange, sha256: str) -> dict[str, Any]:
+    detail = x.call(certificates.detail_for_key, x.key(), sha256)
+    cert = detail.certificate
+    item = certificates.CertRow(
+        cert.sha256,
+        cert.subject,
+        cert.issuer_name,
+        cert.not_before,
+        cert.not_after,
+        list(cert.subject_alt_names or []),
+        detail.watched,
+    )
+    return {
+        "status": "success",
+        "certificate": _certificate_item(item),
+        "key_type": cert.key_type,
+        "key_bits": cert.key_bits,
+        "signature_algorithm": cert.signature_algorithm,
+        "self_signed": cert.self_signed,
+        "chain": [c if isinstance(c, str) else c.sha256 for c in detail.chain],
+        "deployments": [
+            {
+                "domain": d.domain,
+                "ip": d.ip,
+                "state": d.state,
+                "since_utc": _ts(d.since),
+                "last_scan_utc": _ts(d.last_scan_at),
+            }
+            for d in detail.deployments
+        ],
+        "pem": cert.pem,
+    }
+
+
+def _certificate_add(x: Exchange) -> dict[str, Any]:
+    key = x.key()
+    outcome = x.call(certificates.watch_pem, key, required(x.payload, "certificate"))
+    return {
+        "status": "success",
+        "id": str(outcome.id),
+        "sha256": outcome.sha256,
+        "subject": outcome.subject,
+        "not_after_utc": _ts(outcome.not_after),
+        "created": outcome.created,
+    }
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+
+def build_router(service: Keychest) -> APIRouter:
+    router = APIRouter(responses=ERRORS)
+
+    @router.get("/api/ping", response_model=PingAnswer, tags=["access"], summary="Is the server up?")
+    def ping() -> dict[str, str]:
+        return {"status": "success"}
+
+    @router.get(
+        PREFIX + "/access/claim/{email}",
+        response_model=ClaimAnswer,
+        tags=["access"],
+        summary="A new API key, claimed for an email (KeyChest)",
+    )
+    async def claim_new(email: str, request: Request) -> Any:
+        return await respond(request, service, lambda x: _claim_new(x, email))
+
+    @router.post(
+        PREFIX + "/access/claim",
+        response_model=ClaimAnswer,
+        tags=["access"],
+        summary="Register a client-chosen API key and claim it for an email (KeyChest)",
+        openapi_extra=body_schema(
+            {"email": "the owner's address", "api_key": "16 to 64 of A-Z a-z 0-9 -"}, ["email", "api_key"]
+        ),
+    )
+    async def claim_chosen(request: Request) -> Any:
+        return await respond(request, service, _claim_chosen)
+
+    @router.post(
+        PREFIX + "/access/revoke",
+        response_model=RevokeAnswer,
+        tags=["access"],
+        summary="Revoke the calling API key",
+        openapi_extra={**KEY_QUERY, **body_schema({"api_key": KEY_DOC}, [])},
+    )
+    async def revoke(request: Request) -> Any:
+        return await respond(request, service, _revoke)
+
+    @router.get(
+        PREFIX + "/user",
+        response_model=UserAnswer,
+        tags=["access"],
+        summary="Who the key belongs to",
+        openapi_extra=KEY_QUERY,
+    )
+    async def user(request: Request) -> Any:
+        return await respond(request, service, _user)
+
+    @router.post(
+        PREFIX + "/servers/add",
+        response_model=AddAnswer,
+        tags=["servers"],
+        summary="Watch a domain[:port] (KeyChest)",
+        openapi_extra={
+            **KEY_QUERY,
+            **body_schema({"domain": "name or name:port", "api_key": KEY_DOC}, ["domain"]),
+        },
+    )
+    async def add(request: Request) -> Any:
+        return await respond(request, service, _add)
+
+    @router.post(
+        PREFIX + "/servers/remove",
+        response_model=RemoveAnswer,
+        tags=["servers"],
+        summary="Stop watching a domain",
+        openapi_extra={
+            **KEY_QUERY,
+            **body_schema({"domain": "name or name:port", "api_key": KEY_DOC}, ["domain"]),
+        },
+    )
+    async def remove(request: Request) -> Any:
+        return await respond(request, service, lambda x: _remove(x, None))
+
+    @router.delete(
+        PREFIX + "/servers/{domain}",
+        response_model=RemoveAnswer,
+        tags=["servers"],
+        summary="Stop watching a domain",
+        openapi_extra=KEY_QUERY,
+    )
+    async def delete_server(domain: str, request: Request) -> Any:
+        return await respond(request, service, lambda x: _remove(x, domain))
+
+    @router.get(
+        PREFIX + "/servers",
+        response_model=ServersAnswer,
+        tags=["servers"],
+        summary="The caller's servers",
+        openapi_extra=KEY_QUERY,
+    )
+    async def list_servers(
+        request: Request,
+        limit: int = Query(1000, ge=1, le=10000, description="at most this many"),
+        offset: int = Query(0, ge=0, description="skip this many (sorted by domain)"),
+    ) -> Any:
+        return await respond(request, service, lambda x: _list_servers(x, limit, offset))
+
+    @router.get(
+        PREFIX + "/servers/expiration/{domain}",
+        response_model=ExpirationAnswer,
+        tags=["servers"],
+        summary="Certificate expiration per address of one of the caller's domains (KeyChest)",
+        openapi_extra=KEY_QUERY,
+    )
+    async def expiration(domain: str, request: Request) -> Any:
+        return await respond(request, service, lambda x: _expiration(x, domain))
+
+    @router.get(
+        PREFIX + "/servers/lookup/{domain}",
+        response_model=LookupAnswer,
+        tags=["servers"],
+        summary="One of the caller's servers, with its addresses",
+        openapi_extra=KEY_QUERY,
+    )
+    async def lookup(domain: str, request: Request) -> Any:
+        return await respond(request, service, lambda x: _lookup(x, domain))
+
+    @router.get(
+        PREFIX + "/certificates",
+        response_model=CertificatesAnswer,
+        tags=["certificates"],
+        summary="Certificates on the caller's servers and those it uploaded",
+        openapi_extra=KEY_QUERY,
+    )
+    async def list_certificates(request: Request) -> Any:
+        return await respond(request, service, _list_certificates)
+
+    @router.get(
+        PREFIX + "/certificates/{sha256}",
+        response_model=CertificateAnswer,
+        tags=["certificates"],
+        summary="One certificate by its SHA-256",
+        openapi_extra=KEY_QUERY,
+    )
+    async def certificate(sha256: str, request: Request) -> Any:
+        return await respond(request, service, lambda x: _certificate(x, sha256))
+
+    @router.post(
+        PREFIX + "/certificate/add",
+        response_model=CertificateAddAnswer,
+        tags=["certificates"],
+        summary="Watch a PEM certificate's expiry, without a server (KeyChest)",
+        openapi_extra={
+            **KEY_QUERY,
+            **body_schema({"certificate": "one certificate in PEM", "api_key": KEY_DOC}, ["certificate"]),
+        },
+    )
+    async def certificate_add(request: Request) -> Any:
+        return await respond(request, service, _certificate_add)
+
+    return router
