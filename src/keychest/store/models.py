@@ -300,3 +300,18 @@ class WatchedCertificate(Base):
     __table_args__ = (
         UniqueConstraint("api_key_id", "certificate_id", name="uq_watched_certificates_key_cert"),
     )
+
+
+# --- rescans (issue 11, migration 0007) -----------------------------------------------------------
+
+
+class ScanSettings(Base):
+    """The scanner settings of the last start, as a fingerprint: a change rescans what they judged."""
+
+    __tablename__ = "scan_settings"
+
+    # One row per kind of settings; "scanner" today.
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # SHA-256 over the settings that decide `blocked` and `untrusted` (see servers.scheduler).
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    changed_at: Mapped[datetime] = mapped_column(DateTime)
