@@ -5,7 +5,8 @@ Two kinds, because keychest may run as several processes (``--role scanner`` and
 - What the scans found (per endpoint and address: the certificate's not-after, days left,
   up, trusted, hostname ok, the probe's duration) is read from the database at scrape time
   by a custom collector, so the api process reports scans done by any scanner process. One
-  query over ``address_states``; cheap even at 10,000 endpoints.
+  query over ``address_states`` (``service.metrics.address_metrics``); cheap even at 10,000
+  endpoints.
 - What happens inside this process (line API requests, scans it ran, their durations and
   errors) are ordinary in-memory counters and histograms, fed by ``servers.roles`` through
   :func:`observe_line` and :func:`observe_scan`.
@@ -26,11 +27,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from sqlalchemy import select
 
-from keychest.service.context import Ctx
 from keychest.service.facade import Keychest
-from keychest.store.models import AddressState, Certificate, Endpoint
+from keychest.service.metrics import address_metrics
 
 if TYPE_CHECKING:
     from keychest.scan.runner import AddressResult
@@ -89,27 +88,6 @@ def observe_scan(item: DueEndpoint, results: Sequence[AddressResult]) -> None:
 LABELS = ["host", "port", "ip"]
 
 
-def _address_rows(ctx: Ctx) -> list[Any]:
-    return list(
-        ctx.session.execute(
-            select(
-                Endpoint.host,
-                Endpoint.port,
-                AddressState.ip,
-                AddressState.error_kind,
-                AddressState.trusted,
-                AddressState.hostname_ok,
-                AddressState.scan_seconds,
-                AddressState.last_scan_at,
-                Certificate.not_after,
-            )
-            .join(Endpoint, Endpoint.id == AddressState.endpoint_id)
-            .outerjoin(Certificate, Certificate.id == AddressState.certificate_id)
-            .order_by(Endpoint.host, Endpoint.port, AddressState.ip)
-        ).all()
-    )
-
-
 def _epoch(moment: datetime) -> float:
     return (moment - datetime(1970, 1, 1)).total_seconds()
 
@@ -125,7 +103,7 @@ class ScanResultsCollector(Collector):
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        rows = self.service.read(_address_rows)
+        rows = self.service.read(address_metrics)
         now = _epoch(self.service.clock())
         not_after = GaugeMetricFamily(
             "keychest_ssl_cert_not_after_timestamp_seconds",
@@ -167,7 +145,7 @@ class ScanResultsCollector(Collector):
             success.add_metric(labels, 0.0 if row.error_kind else 1.0)
             last_scan.add_metric(labels, _epoch(row.last_scan_at))
             if row.scan_seconds is not None:
-                duration.add_metric(labels, float(row.scan_seconds))
+                duration.add_metric(labels, row.scan_seconds)
             if row.not_after is not None:
                 expiry = _epoch(row.not_after)
                 not_after.add_metric(labels, expiry)

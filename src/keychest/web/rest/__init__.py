@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,16 +24,27 @@ def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
+async def _delegate(handler: Callable[[Request, Any], Any], request: Request, exc: Exception) -> Any:
+    answer = handler(request, exc)
+    return await answer if inspect.isawaitable(answer) else answer
+
+
 def install(app: FastAPI, service: Keychest) -> None:
     app.include_router(build_router(service))
     app.add_middleware(BodyLimit, limit=MAX_BODY)
 
     # FastAPI's own errors (a missing path part, a 404 route, a wrong method) in the same
-    # JSON shape as ours under /api/; other paths keep FastAPI's defaults.
+    # JSON shape as ours under /api/; other paths keep whatever handler was installed before
+    # (the app's own pages), else FastAPI's defaults.
+    other_validation = app.exception_handlers.get(
+        RequestValidationError, request_validation_exception_handler
+    )
+    other_http = app.exception_handlers.get(StarletteHTTPException, http_exception_handler)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Any:
         if not _is_api(request):
-            return await request_validation_exception_handler(request, exc)
+            return await _delegate(other_validation, request, exc)
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         text = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid input"))
@@ -40,7 +53,7 @@ def install(app: FastAPI, service: Keychest) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
         if not _is_api(request):
-            return await http_exception_handler(request, exc)
+            return await _delegate(other_http, request, exc)
         words = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
         response = error_response(exc.status_code, words.get(exc.status_code, "error"), str(exc.detail))
         if exc.headers:
