@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Text, and_, case, cast, func, select, union
+from sqlalchemy import ColumnElement, Text, and_, case, cast, func, select, union
 
 from keychest.service import domains, errors
 from keychest.service.certificates import account_keys
@@ -85,13 +85,13 @@ def tiles(ctx: Ctx, account_id: int) -> Tiles:
             func.count(Certificate.id),
             func.sum(
                 case(
-                    (and_(Certificate.not_after > now, Certificate.not_after <= now + timedelta(7)), 1),
+                    (and_(Certificate.not_after > now, Certificate.not_after < now + timedelta(7)), 1),
                     else_=0,
                 )
             ),
             func.sum(
                 case(
-                    (and_(Certificate.not_after > now, Certificate.not_after <= now + RENEWAL_DUE), 1),
+                    (and_(Certificate.not_after > now, Certificate.not_after < now + RENEWAL_DUE), 1),
                     else_=0,
                 )
             ),
@@ -200,8 +200,17 @@ def _message(problems: list[dict], error: str | None, not_after: datetime | None
     return worst[0].get("message", "") if worst else ""
 
 
+def _severity(column: ColumnElement[str]) -> ColumnElement[int]:
+    # The scanner's severity: a failed scan (`error`) is critical, like the exit status of
+    # `keychest scan`; so an unreachable name does not outrank a certificate about to expire.
+    return case(
+        (column.in_(("critical", "error")), 2), (column == "warning", 1), (column == "ok", 0), else_=-1
+    )
+
+
 def incidents(ctx: Ctx, account_id: int, *, limit: int = 25) -> tuple[list[Incident], int]:
-    """What is wrong right now, worst first: addresses not in the ok state."""
+    """What is wrong right now, worst first: addresses not in the ok state; within one severity
+    the certificates that expire first, then the addresses with no certificate (unreachable)."""
     where = (AddressState.endpoint_id.in_(account_endpoints(account_id)), AddressState.state != "ok")
     total = ctx.session.scalar(select(func.count(AddressState.id)).where(*where))
     rows = ctx.session.execute(
@@ -209,7 +218,13 @@ def incidents(ctx: Ctx, account_id: int, *, limit: int = 25) -> tuple[list[Incid
         .join(Endpoint, Endpoint.id == AddressState.endpoint_id)
         .outerjoin(Certificate, Certificate.id == AddressState.certificate_id)
         .where(*where)
-        .order_by(_rank(AddressState.state).desc(), Certificate.not_after, Endpoint.host, AddressState.ip)
+        .order_by(
+            _severity(AddressState.state).desc(),
+            case((Certificate.not_after.is_(None), 1), else_=0),
+            Certificate.not_after,
+            Endpoint.host,
+            AddressState.ip,
+        )
         .limit(limit)
     ).all()
     return (

@@ -10,7 +10,7 @@ change things through ``service.servers`` and ``service.preferences``.
 from __future__ import annotations
 
 import zoneinfo
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +22,8 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 from starlette.concurrency import run_in_threadpool
 
+from keychest.scan.judge import days_left as judge_days_left
+from keychest.scan.runner import ScanOptions
 from keychest.service import certificates, overview, servers
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
@@ -67,13 +69,18 @@ def fmt_date(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d") if moment else "—"
 
 
+def _days(count: int) -> str:
+    return f"{count} day" if count == 1 else f"{count} days"
+
+
 def days_left(moment: datetime | None, now: datetime) -> str:
+    """The scanner's documented number (whole days, rounded down), so every view agrees."""
     if moment is None:
         return "—"
-    days = int((moment - now).total_seconds() // 86400)
-    if days < 0:
-        return f"expired {-days} d ago"
-    return "today" if days == 0 else f"{days} d"
+    if moment <= now:
+        ago_days = (now - moment) // timedelta(days=1)
+        return "expired today" if ago_days == 0 else f"expired {_days(ago_days)} ago"
+    return _days(judge_days_left(moment, now))
 
 
 def ago(moment: datetime | None, now: datetime) -> str:
@@ -86,11 +93,15 @@ def ago(moment: datetime | None, now: datetime) -> str:
     return "just now"
 
 
-def expiry_class(moment: datetime | None, now: datetime) -> str:
+def expiry_class(moment: datetime | None, now: datetime, scan: ScanOptions) -> str:
+    """The scanner's severity of this expiry: critical ("soon") under --crit-days, warning
+    ("plan") under --warn-days, as docs/scan.md defines them on ``days_left``."""
     if moment is None:
         return ""
-    days = (moment - now).total_seconds() / 86400
-    return "expired" if days <= 0 else "soon" if days <= 7 else "plan" if days <= 28 else ""
+    if moment <= now:
+        return "expired"
+    left = judge_days_left(moment, now)
+    return "soon" if left < scan.crit_days else "plan" if left < scan.warn_days else ""
 
 
 def calendar_svg(cal: overview.Calendar) -> Markup:
@@ -131,9 +142,10 @@ def calendar_svg(cal: overview.Calendar) -> Markup:
                 f'<text x="{x + bar_w / 2:.1f}" y="{y - 4:.1f}" class="total" '
                 f'text-anchor="middle">{total}</text>'
             )
+        # The year wherever it changes, so December and the January after it are not misread.
+        label = f"{month:%b %Y}" if index == 0 or month.month == 1 else f"{month:%b}"
         parts.append(
-            f'<text x="{x + bar_w / 2:.1f}" y="{height - 8}" class="axis" text-anchor="middle">'
-            f"{month:%b}{'' if month.month != 1 and index else f' {month:%y}'}</text>"
+            f'<text x="{x + bar_w / 2:.1f}" y="{height - 8}" class="axis" text-anchor="middle">{label}</text>'
         )
     parts.append("</svg>")
     return Markup("".join(parts))
@@ -190,7 +202,7 @@ class Pages:
             "notice": notice,
             "days_left": lambda m: days_left(m, now),
             "ago": lambda m: ago(m, now),
-            "expiry_class": lambda m: expiry_class(m, now),
+            "expiry_class": lambda m: expiry_class(m, now, self.service.settings.scan),
             **values,
         }
         response = TEMPLATES.TemplateResponse(request, f"dashboard/{name}", context, status_code=status)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -30,6 +30,7 @@ PAGES: dict[str, tuple[str, str, str]] = {
     "signin": ("signin", "Sign in to keychest", "Sign in"),
     "unsubscribe": ("unsubscribe", "Unsubscribe", "Unsubscribe"),
     "confirm-address": ("confirm_address", "Confirm your address", "Send notifications here"),
+    "reopen": ("reopen", "Reopen your address", "Reopen my address"),
 }
 
 
@@ -80,6 +81,28 @@ def _secure(service: Keychest) -> bool:
     return service.settings.mail.public_url.startswith("https://")
 
 
+# Where the dashboard sent a visitor who was not signed in (/signin?next=/servers). Kept in a
+# short-lived cookie because the sign-in itself happens later, from the mailed link.
+NEXT_COOKIE = "keychest_next"
+NEXT_MAX_AGE_S = 3600
+
+
+def safe_next(target: str | None) -> str | None:
+    """``target`` if it is a path on this site, else None (no open redirect).
+
+    Browsers read ``//host``, ``/\\host`` and paths with tabs or newlines in them as other
+    hosts, so only a single leading slash followed by printable, backslash-free text passes.
+    """
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
+
+
 def install(app: FastAPI, service: Keychest) -> None:
     async def call(fn: Any, *args: Any, ip: str | None) -> Any:
         # Service calls block on the database: keep them off the event loop.
@@ -110,8 +133,10 @@ def install(app: FastAPI, service: Keychest) -> None:
             except ServiceError as exc:
                 return error_page(title, exc)
             if done.sign_in:
-                response = RedirectResponse("/", status_code=303)
+                target = safe_next(unquote(request.cookies.get(NEXT_COOKIE, ""))) or "/"
+                response = RedirectResponse(target, status_code=303)
                 session.sign_in(service, response, done.account_id, secure=_secure(service))
+                response.delete_cookie(NEXT_COOKIE, path="/")
                 return response
             return page("message.html", title=title, message=done.message, ok=True)
 
@@ -122,8 +147,20 @@ def install(app: FastAPI, service: Keychest) -> None:
         add_link_routes(prefix, route, title, button)
 
     @app.get("/signin", include_in_schema=False)
-    async def signin_form() -> Response:
-        return page("signin.html", title="Sign in to keychest", sent=False, error=None)
+    async def signin_form(request: Request) -> Response:
+        response = page("signin.html", title="Sign in to keychest", sent=False, error=None)
+        target = safe_next(request.query_params.get("next"))
+        if target is not None:
+            response.set_cookie(
+                NEXT_COOKIE,
+                quote(target, safe=""),
+                max_age=NEXT_MAX_AGE_S,
+                httponly=True,
+                samesite="lax",
+                secure=_secure(service),
+                path="/",
+            )
+        return response
 
     @app.post("/signin", include_in_schema=False)
     async def signin_request(request: Request, email: str = Form("")) -> Response:
