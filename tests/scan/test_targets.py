@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from keychest.scan.targets import Endpoint, ScanTarget, parse_endpoint, parse_target_lines
+from keychest.scan.targets import Endpoint, ScanTarget, TargetError, parse_endpoint, parse_target_lines
 
 
 @pytest.mark.parametrize(
@@ -64,3 +64,67 @@ def test_name_and_address_stay_apart() -> None:
     assert target.endpoint == Endpoint("www.example", 443)
     assert str(target) == "www.example:443 (2001:db8::5)"
     assert str(Endpoint("::1", 8443)) == "[::1]:8443"
+
+
+@pytest.mark.parametrize(
+    ("text", "host"),
+    [
+        # UTS 46 (non-transitional): ß stays ß, so straße is not strasse (IDNA 2003 said it was).
+        ("straße.example", "xn--strae-oqa.example"),
+        ("STRASSE.example", "strasse.example"),
+        ("Bücher.Example", "xn--bcher-kva.example"),
+        ("bücher\u3002example", "xn--bcher-kva.example"),  # ideographic full stop is a dot
+        ("faß.de.", "xn--fa-hia.de"),
+    ],
+)
+def test_uts46_in_both_modes(text: str, host: str) -> None:
+    assert parse_endpoint(text) == Endpoint(host)
+    assert parse_endpoint(text, strict=True) == Endpoint(host)
+
+
+@pytest.mark.parametrize(
+    ("text", "endpoint"),
+    [
+        ("under_score.example", Endpoint("under_score.example")),
+        ("https://Shop.Example.net:8443/path?q#f", Endpoint("shop.example.net", 8443)),
+        ("HTTPS://shop.example.net", Endpoint("shop.example.net")),
+        ("shop.example.net 993", Endpoint("shop.example.net", 993)),
+        ("[2001:db8::1] 8443", Endpoint("2001:db8::1", 8443)),
+    ],
+)
+def test_lenient_accepts_what_strict_refuses(text: str, endpoint: Endpoint) -> None:
+    assert parse_endpoint(text) == endpoint
+    with pytest.raises(TargetError):
+        parse_endpoint(text, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("under_score.example", "bad characters"),
+        ("https://www.example.net/", "not a URL"),
+        ("www.example.net 443", "spaces"),
+        ("*.example.net", "wildcards cannot be scanned"),
+        ("[www.example.net]:443", "only an IPv6 address"),
+        ("127.1", "all digits"),
+        ("0x7f000001", "legacy form"),
+        ("ftp://example.net", "not a URL"),
+    ],
+)
+def test_strict_refuses_with_reason(text: str, reason: str) -> None:
+    with pytest.raises(TargetError, match=reason):
+        parse_endpoint(text, strict=True)
+
+
+@pytest.mark.parametrize("text", ["127.1", "0x7f.0.0.1", "2130706433", "0x7f000001"])
+def test_legacy_ipv4_forms_are_no_names_in_either_mode(text: str) -> None:
+    # getaddrinfo would connect to 127.0.0.1 for each of these.
+    with pytest.raises(TargetError):
+        parse_endpoint(text)
+
+
+def test_display_form_leaves_out_443_but_tables_keep_it() -> None:
+    assert str(Endpoint("www.example", 443)) == "www.example"
+    assert str(Endpoint("2001:db8::1", 443)) == "[2001:db8::1]"
+    assert str(Endpoint("www.example", 8443)) == "www.example:8443"
+    assert Endpoint("www.example", 443).host_port == "www.example:443"

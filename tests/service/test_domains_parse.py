@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from keychest.scan.targets import Endpoint, parse_endpoint
 from keychest.service.domains import DomainName, parse_domain
 from keychest.service.errors import ServiceError
 
@@ -15,6 +16,7 @@ from keychest.service.errors import ServiceError
         ("www.example.net.", "www.example.net", 443),
         ("www.example.net:8443", "www.example.net", 8443),
         ("bücher.example", "xn--bcher-kva.example", 443),
+        ("straße.example", "xn--strae-oqa.example", 443),
         ("xn--bcher-kva.example", "xn--bcher-kva.example", 443),
         ("192.0.2.10", "192.0.2.10", 443),
         ("192.0.2.10:993", "192.0.2.10", 993),
@@ -56,3 +58,20 @@ def test_refuses_with_reason(text: str, reason: str) -> None:
 def test_display_form_round_trips() -> None:
     for text in ["www.example.net", "www.example.net:8443", "[2001:db8::1]:8443", "192.0.2.1"]:
         assert str(parse_domain(text)) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["straße.example", "Bücher.example:8443", "WWW.Example.NET.", "[2001:DB8::1]:993", "intranet"],
+)
+def test_registration_and_scan_agree(text: str) -> None:
+    # One parser: what `command add` registers is what `keychest scan` checks.
+    assert DomainName is Endpoint
+    assert parse_domain(text) == parse_endpoint(text) == parse_endpoint(text, strict=True)
+
+
+def test_underscore_is_refused_for_registration_but_scanned_on_request() -> None:
+    with pytest.raises(ServiceError) as caught:
+        parse_domain("under_score.example")
+    assert caught.value.code == 422 and "bad characters" in caught.value.text
+    assert parse_endpoint("under_score.example") == Endpoint("under_score.example")

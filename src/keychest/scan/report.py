@@ -101,7 +101,7 @@ def table_rows(results: Sequence[AddressResult]) -> list[list[str]]:
         leaf, verdict = r.leaf, r.verdict
         rows.append(
             [
-                str(r.endpoint),
+                r.endpoint.host_port,
                 r.ip or "-",
                 r.state.value.upper(),
                 str(verdict.days_left) if verdict else "",

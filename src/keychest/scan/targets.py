@@ -1,9 +1,20 @@
-"""Endpoints (name + port) and scan targets (name + port + address), and their parsing.
+"""Endpoints (name + port) and scan targets (name + port + address), and the one parser of
+`host[:port]` that every front door uses.
 
 A hostname and an address are kept apart on purpose: the name is what the certificate
 must match and what goes into SNI, the address is what we connect to (and what the
 private-address guard judges). Mixing them up is how scanners end up re-resolving a name
 between the guard check and the connect.
+
+`parse_endpoint` has two modes over one set of rules, so that a name means the same host
+everywhere (UTS 46 mapping to A-labels, as browsers and certificate authorities do):
+
+- strict (registration: `command add`, REST, dashboard): `host`, `host:port`, `[v6]:port`,
+  a bare IPv6 address; labels are letters, digits and inner hyphens (RFC 1123), since a
+  name a certificate authority cannot issue for is a typo, not something to watch.
+- lenient (`keychest scan`, target files): the above, plus an `https://` URL (path
+  dropped), ssl-cert-check's `host port` lines, and underscores in labels (real internal
+  names have them, and a one-off scan may look at whatever the user points it at).
 """
 
 from __future__ import annotations
@@ -11,33 +22,95 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import idna
+
 DEFAULT_PORT = 443
 
-# Letters, digits, hyphens and underscores (seen in real internal names), dot-separated;
-# a leading "*." is not accepted: a wildcard is something a certificate has, not a host.
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_STRICT_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_LENIENT_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+# Cheap test that a host is surely a name, so most hosts skip ipaddress' exception.
+_NOT_AN_ADDRESS = re.compile(r"[g-z_-]|[a-f].*\.|\..*[a-f]")
 
 
-def _normalise_host(host: str) -> str:
-    host = host.strip()
-    if not host:
-        raise ValueError("empty host name")
+class TargetError(ValueError):
+    """Why a `host[:port]` text is not an endpoint; the message is meant for the user."""
+
+
+def _ip_literal(host: str) -> str | None:
+    if ":" not in host and _NOT_AN_ADDRESS.search(host.lower()):
+        return None
     try:
-        return str(ipaddress.ip_address(host))
+        return ipaddress.ip_address(host).compressed
     except ValueError:
-        pass
-    host = host.rstrip(".").lower()
+        if ":" in host:
+            raise TargetError(
+                "invalid IPv6 address (with a port, an IPv6 address is written [addr]:port)"
+            ) from None
+        return None
+
+
+def _legacy_ipv4(host: str) -> bool:
+    """True for the forms inet_aton reads as an address but ipaddress does not (`127.1`,
+    `0x7f.0.0.1`, `2130706433`): a resolver would connect to that address, so it is not a
+    name, and accepting it would only hide the address from whoever reads the list."""
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return True
+
+
+def _normalise_name(host: str, strict: bool) -> str:
     if not host.isascii():
-        # Certificates carry A-labels, so compare and send SNI in that form.
         try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise ValueError(f"invalid international host name {host!r}") from exc
-    if len(host) > 253 or not all(_LABEL.match(label) for label in host.split(".")):
-        raise ValueError(f"invalid host name {host!r}")
+            # UTS 46 (non-transitional): case folding, full-width dots, ß kept as ß.
+            host = idna.uts46_remap(host, std3_rules=False, transitional=False)
+        except idna.IDNAError as exc:
+            raise TargetError(f"not a valid internationalised domain name: {exc}") from None
+    else:
+        host = host.lower()
+    # One trailing dot is the DNS root; a second would leave an empty label, refused below.
+    if host.endswith("."):
+        host = host[:-1]
+    if not host:
+        raise TargetError("empty domain")
+    if host.startswith("*."):
+        raise TargetError(
+            "wildcards cannot be scanned: register each name your servers answer to (e.g. www."
+            + host[2:]
+            + ")"
+        )
+    pattern = _STRICT_LABEL if strict else _LENIENT_LABEL
+    labels = host.split(".")
+    for index, label in enumerate(labels):
+        if not label:
+            raise TargetError("empty label in domain (two dots in a row?)")
+        if not label.isascii():
+            try:
+                label = labels[index] = idna.alabel(label).decode("ascii")
+            except idna.IDNAError as exc:
+                raise TargetError(f"not a valid internationalised domain name: {exc}") from None
+        if len(label) > 63:
+            raise TargetError(f"label longer than 63 characters: {label[:20]}...")
+        if not pattern.fullmatch(label):
+            allowed = "a-z, 0-9 and inner hyphens" if strict else "a-z, 0-9, _ and inner hyphens"
+            raise TargetError(f"bad characters in {label!r}: a label is {allowed}")
+        if label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except idna.IDNAError:
+                raise TargetError(f"invalid IDNA label {label}") from None
+    host = ".".join(labels)
+    if len(host) > 253:
+        raise TargetError("domain longer than 253 characters")
+    if labels[-1].isdigit():
+        raise TargetError("the last label is all digits: not a domain (and not an IP address)")
+    if _legacy_ipv4(host):
+        raise TargetError(f"{host!r} is an IPv4 address in a legacy form: write it as a.b.c.d")
     return host
 
 
@@ -73,6 +146,14 @@ class Endpoint:
             raise ValueError(f"port out of range: {self.port}")
 
     def __str__(self) -> str:
+        """The display form users type and see everywhere: `:443` left out, IPv6 in brackets."""
+        if self.port == DEFAULT_PORT:
+            return f"[{self.host}]" if ":" in self.host else self.host
+        return format_host_port(self.host, self.port)
+
+    @property
+    def host_port(self) -> str:
+        """Always with the port (`host:443`): for tables and logs that line up."""
         return format_host_port(self.host, self.port)
 
     def at(self, ip: str) -> ScanTarget:
@@ -96,59 +177,68 @@ class ScanTarget:
         return where if self.host == self.ip else f"{format_host_port(self.host, self.port)} ({self.ip})"
 
 
-def _parse_port(text: str, original: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"invalid port in {original!r}")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port out of range in {original!r}")
-    return port
+def _parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise TargetError(f"invalid port {text[:10]!r}: 1 to 65535")
+    return int(text)
 
 
-def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> Endpoint:
-    """Parse `host`, `host:port`, `[v6]`, `[v6]:port`, a bare IPv6 address, or an https:// URL.
-
-    ssl-cert-check's file format (`host port`, whitespace separated) is accepted as well,
-    so existing lists can be reused as they are.
-    """
-    original = text
-    text = text.strip()
-    if text.lower().startswith("https://"):
-        text = text[len("https://") :].split("/", 1)[0]
-    parts = text.split()
-    if len(parts) == 2:
-        return Endpoint(_normalise_host(parts[0].strip("[]")), _parse_port(parts[1], original))
-    if len(parts) != 1:
-        raise ValueError(f"cannot parse target {original!r}")
-    text = parts[0]
+def _split_port(text: str, default_port: int) -> tuple[str, int]:
     if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise ValueError(f"missing ']' in {original!r}")
-        host, rest = text[1:close], text[close + 1 :]
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise TargetError("unclosed [ in IPv6 address")
         try:
             ipaddress.IPv6Address(host)
-        except ValueError as exc:
-            raise ValueError(f"not an IPv6 address in brackets: {original!r}") from exc
+        except ValueError:
+            raise TargetError("only an IPv6 address goes in [brackets]") from None
         if not rest:
-            return Endpoint(_normalise_host(host), default_port)
+            return host, default_port
         if not rest.startswith(":"):
-            raise ValueError(f"unexpected text after ']' in {original!r}")
-        return Endpoint(_normalise_host(host), _parse_port(rest[1:], original))
+            raise TargetError("expected :port after ]")
+        return host, _parse_port(rest[1:])
     if text.count(":") > 1:
-        # More than one colon and no brackets: only a bare IPv6 address makes sense.
-        try:
-            return Endpoint(str(ipaddress.IPv6Address(text)), default_port)
-        except ValueError as exc:
-            raise ValueError(f"IPv6 address with a port must be written [addr]:port: {original!r}") from exc
-    if ":" in text:
-        host, port = text.rsplit(":", 1)
-        return Endpoint(_normalise_host(host), _parse_port(port, original))
-    return Endpoint(_normalise_host(text), default_port)
+        return text, default_port  # a bare IPv6 literal (checked as one by the caller)
+    host, sep, port = text.partition(":")
+    return host, _parse_port(port) if sep else default_port
+
+
+def parse_endpoint(text: str, default_port: int = DEFAULT_PORT, *, strict: bool = False) -> Endpoint:
+    """Normalise what a user typed into an Endpoint, or raise TargetError saying why not.
+
+    Names come out lower-cased, without the trailing dot, as A-labels (UTS 46); addresses
+    in their compressed form. See the module docstring for what each mode accepts.
+    """
+    text = text.strip()
+    if not text:
+        raise TargetError("empty domain")
+    if not strict:
+        if text[:8].lower() == "https://":
+            text = text[8:].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        parts = text.split()
+        if len(parts) == 2:
+            # ssl-cert-check's `host port`.
+            host = parts[0][1:-1] if parts[0].startswith("[") and parts[0].endswith("]") else parts[0]
+            return Endpoint(_normalise_host(host, strict), _parse_port(parts[1]))
+        if len(parts) != 1:
+            raise TargetError("cannot parse target: expected host[:port] or `host port`")
+    if "://" in text or "/" in text:
+        raise TargetError("give a domain name, not a URL (www.example.net or www.example.net:8443)")
+    if any(ch.isspace() for ch in text):
+        raise TargetError("spaces in domain: expected host[:port]")
+    host, port = _split_port(text, default_port)
+    return Endpoint(_normalise_host(host, strict), port)
+
+
+def _normalise_host(host: str, strict: bool) -> str:
+    literal = _ip_literal(host)
+    if literal is not None:
+        return literal
+    return _normalise_name(host, strict)
 
 
 def parse_target_lines(lines: Iterable[str], default_port: int = DEFAULT_PORT) -> list[Endpoint]:
-    """Parse a targets file: one target per line; blank lines and `#` comments are skipped."""
+    """Parse a targets file (lenient): one target per line; blank lines and `#` comments are skipped."""
     endpoints = []
     for number, line in enumerate(lines, 1):
         line = line.split("#", 1)[0].strip()
@@ -157,5 +247,5 @@ def parse_target_lines(lines: Iterable[str], default_port: int = DEFAULT_PORT) -
         try:
             endpoints.append(parse_endpoint(line, default_port))
         except ValueError as exc:
-            raise ValueError(f"line {number}: {exc}") from None
+            raise TargetError(f"line {number}: {exc}") from None
     return endpoints

@@ -2,125 +2,41 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
-import idna
 from sqlalchemy import Select, func, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from keychest.scan import targets
 from keychest.service import audit, errors, keys
 from keychest.service.bulk import bulk_of, chunks, only
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
 from keychest.store.models import Account, ApiKey, Endpoint, Watch
 
-LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-DEFAULT_PORT = 443
+DEFAULT_PORT = targets.DEFAULT_PORT
 
-
-@dataclass(frozen=True)
-class DomainName:
-    """A normalised endpoint to watch: an A-label name (or an IP literal) and a port."""
-
-    host: str
-    port: int = DEFAULT_PORT
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == DEFAULT_PORT else f"{host}:{self.port}"
+# The one endpoint type: a normalised A-label name (or an IP literal) and a port, whose
+# str() is the display form (`:443` left out, IPv6 in brackets).
+DomainName = targets.Endpoint
 
 
 def parse_domain(text: str) -> DomainName:
-    """Normalise what a user typed into a DomainName, or say clearly why not.
+    """Normalise what a user typed into a DomainName, or say clearly why not (422).
 
-    Lower-cased, trailing dot removed, IDNA to A-labels, ``:port`` optional (default 443).
-    IP literals are accepted (``192.0.2.1``, ``[2001:db8::1]:8443``): intranet users watch
-    them, and the scanner's private-address guard decides whether they may be scanned.
+    The scanner's parser in strict mode (see `keychest.scan.targets`): lower-cased, trailing
+    dot removed, UTS 46 to A-labels, ``:port`` optional (default 443), no URLs and no
+    underscores. IP literals are accepted (``192.0.2.1``, ``[2001:db8::1]:8443``): intranet
+    users watch them, and the scanner's private-address guard decides whether they may be
+    scanned.
     """
-    text = text.strip()
-    if not text:
-        raise errors.invalid("empty domain")
-    if "://" in text or "/" in text:
-        raise errors.invalid("give a domain name, not a URL (www.example.net or www.example.net:8443)")
-    host, port = _split_port(text)
-    literal = _ip_literal(host)
-    if literal is not None:
-        return DomainName(literal, port)
-    # One trailing dot is the DNS root; a second would leave an empty label, refused below.
-    host = (host[:-1] if host.endswith(".") else host).lower()
-    if not host:
-        raise errors.invalid("empty domain")
-    if host.startswith("*."):
-        raise errors.invalid(
-            "wildcards cannot be scanned: register each name your servers answer to (e.g. www."
-            + host[2:]
-            + ")"
-        )
-    if not host.isascii():
-        try:
-            host = idna.encode(host, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise errors.invalid(f"not a valid internationalised domain name: {exc}") from None
-    if len(host) > 253:
-        raise errors.invalid("domain longer than 253 characters")
-    labels = host.split(".")
-    for label in labels:
-        if not label:
-            raise errors.invalid("empty label in domain (two dots in a row?)")
-        if len(label) > 63:
-            raise errors.invalid(f"label longer than 63 characters: {label[:20]}...")
-        if not LABEL.fullmatch(label):
-            raise errors.invalid(f"bad characters in {label!r}: a label is a-z, 0-9 and inner hyphens")
-        if label.startswith("xn--"):
-            try:
-                idna.decode(label)
-            except idna.IDNAError:
-                raise errors.invalid(f"invalid IDNA label {label}") from None
-    if labels[-1].isdigit():
-        raise errors.invalid("the last label is all digits: not a domain (and not an IP address)")
-    return DomainName(host, port)
-
-
-def _split_port(text: str) -> tuple[str, int]:
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise errors.invalid("unclosed [ in IPv6 address")
-        if not rest:
-            return host, DEFAULT_PORT
-        if not rest.startswith(":"):
-            raise errors.invalid("expected :port after ]")
-        return host, _port(rest[1:])
-    if text.count(":") > 1:
-        return text, DEFAULT_PORT  # a bare IPv6 literal
-    host, sep, port = text.partition(":")
-    return host, _port(port) if sep else DEFAULT_PORT
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise errors.invalid(f"invalid port {text[:10]!r}: 1 to 65535")
-    return int(text)
-
-
-_NOT_AN_ADDRESS = re.compile(r"[g-z_-]|[a-f].*\.|\..*[a-f]")
-
-
-def _ip_literal(host: str) -> str | None:
-    # Most hosts are names: tell them apart without paying for ipaddress' exception.
-    if ":" not in host and _NOT_AN_ADDRESS.search(host.lower()):
-        return None
     try:
-        return ipaddress.ip_address(host).compressed
-    except ValueError:
-        if ":" in host:
-            raise errors.invalid("invalid IPv6 address") from None
-        return None
+        return targets.parse_endpoint(text, strict=True)
+    except targets.TargetError as exc:
+        raise errors.invalid(str(exc)) from None
 
 
 # The statements of the hot path, built here so tests can EXPLAIN exactly these.
@@ -157,6 +73,8 @@ class AddOutcome:
     watch_id: int
     endpoint_id: int
     created: bool
+    # Already watched and due for a scan within seconds (scans.schedule_after_add).
+    scan_scheduled: bool = False
 
 
 def add(ctx: Ctx, raw_key: str, domain_text: str) -> AddOutcome:
@@ -214,6 +132,7 @@ def add_many(
     new_rows: list[tuple[ApiKey, int, str | None, DomainName]] = []
     placed: set[tuple[int, int]] = set()
     pending: list[tuple[int, DomainName, int, int, bool]] = []  # (index, domain, endpoint, key, created)
+    readded: dict[int, AddOutcome] = {}  # index -> outcome, for watches that already existed
     for index, ip, key, domain in todo:
         endpoint_id = endpoint_ids[(domain.host, domain.port)]
         existing = watched.get((key.id, endpoint_id))
@@ -221,7 +140,7 @@ def add_many(
             # Idempotent per account: another key of the same account already watches it.
             existing = watched.get((("account", key.account_id), endpoint_id))
         if existing is not None:
-            results[index] = AddOutcome(domain, existing, endpoint_id, created=False)
+            readded[index] = AddOutcome(domain, existing, endpoint_id, created=False)
             continue
         if (key.id, endpoint_id) in placed:  # the same add twice in one batch
             pending.append((index, domain, endpoint_id, key.id, False))
@@ -265,6 +184,13 @@ def add_many(
         )
     for index, domain, endpoint_id, key_id, created in pending:
         results[index] = AddOutcome(domain, inserted[(key_id, endpoint_id)], endpoint_id, created=created)
+    if readded:
+        # A re-add is what the certbot hook sends after every renewal: scan the deployment.
+        from keychest.service import scans  # scans imports this module
+
+        scheduled = scans.schedule_after_add(ctx, {o.endpoint_id for o in readded.values()})
+        for index, outcome in readded.items():
+            results[index] = replace(outcome, scan_scheduled=outcome.endpoint_id in scheduled)
     return results  # type: ignore[return-value]
 
 
