@@ -34,12 +34,12 @@ class CommandSpec:
 COMMANDS: dict[str, CommandSpec] = {
     spec.name: spec
     for spec in (
-        CommandSpec("apikey", (), "command apikey -> data <new api key>"),
+        CommandSpec("apikey", (), "command apikey"),
         CommandSpec("claim", ("apikey", "email"), "command claim apikey K email E"),
         CommandSpec("add", ("apikey", "domain"), "command add apikey K domain D[:port]"),
         CommandSpec("expiration", ("apikey", "domain"), "command expiration apikey K domain D[:port]"),
         CommandSpec("ping", (), "command ping"),
-        CommandSpec("maildomain", (), "command maildomain -> data <placeholder mail domain>"),
+        CommandSpec("maildomain", (), "command maildomain"),
         CommandSpec("help", (), "command help"),
     )
 }
@@ -97,7 +97,7 @@ def parse_request(line: bytes) -> Request | None:
     if not tokens:
         return None
     if len(tokens) % 2:
-        raise LineError(400, "odd number of tokens: a request is key value pairs")
+        raise LineError(400, f"odd number of tokens: a request is key value pairs; {_example(tokens)}")
     args: dict[str, str] = {}
     for key, value in zip(tokens[::2], tokens[1::2], strict=True):
         key = key.lower()
@@ -106,7 +106,7 @@ def parse_request(line: bytes) -> Request | None:
         args[key] = value
     command = args.pop("command", None)
     if command is None:
-        raise LineError(400, "missing key command")
+        raise LineError(400, f"missing key command; {_example(tokens)}")
     command = command.lower()
     spec = COMMANDS.get(command)
     if spec is None:
@@ -136,7 +136,14 @@ def format_response(response: Response) -> bytes:
 
 
 def help_text() -> str:
-    return "commands: " + ", ".join(COMMANDS)
+    """Every command with its syntax, within one status line (MAX_STATUS_TEXT)."""
+    return "commands: " + " | ".join(spec.summary.removeprefix("command ") for spec in COMMANDS.values())
+
+
+def _example(tokens: list[str]) -> str:
+    """A hint for a line that is not `command NAME ...` (`ping` typed on its own, say)."""
+    spec = COMMANDS.get(tokens[0].lower(), COMMANDS["ping"])
+    return f"requests look like: {spec.summary}"
 
 
 def _one_line(text: str) -> str:

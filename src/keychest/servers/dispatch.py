@@ -46,7 +46,10 @@ def _claimed(outcome: accounts.ClaimOutcome) -> Response:
 
 
 def _added(added: domains.AddOutcome) -> Response:
-    return Response(200, f"{'added' if added.created else 'already monitored'} {added.domain}")
+    if added.created:
+        return Response(200, f"added {added.domain}")
+    scheduled = "; scan scheduled" if added.scan_scheduled else ""
+    return Response(200, f"already monitored {added.domain}{scheduled}")
 
 
 def _expiration(facts: dict[str, str]) -> Response:
@@ -54,16 +57,27 @@ def _expiration(facts: dict[str, str]) -> Response:
     return Response(200, text, data=" ".join(f"{k}={v}" for k, v in facts.items()))
 
 
+# The writes: the service function, the request keys it takes in order, and the answer.
+WRITES: dict[str, tuple[Callable[..., Any], tuple[str, ...], Callable[[Any], Response]]] = {
+    "apikey": (keys.create, (), _issued),
+    "claim": (accounts.claim, ("apikey", "email"), _claimed),
+    "add": (domains.add, ("apikey", "domain"), _added),
+    "expiration": (scans.expiration_facts, ("apikey", "domain"), _expiration),
+}
+
+# A line API user who meets 401 is told how to get a key (REST keeps the bare text).
+UNKNOWN_KEY_HINT = "get one with: command apikey"
+
+
 def result_response(result: object, finish: Callable[[Any], Response]) -> Response:
     """Turn what the writer returned for one call into the response the client gets."""
     if isinstance(result, ServiceError):
+        if result.code == 401:
+            return Response(401, f"{result.text}; {UNKNOWN_KEY_HINT}")
         return Response(result.code, result.text)
     if isinstance(result, BaseException):
-        from sqlalchemy.exc import OperationalError
-
-        log.error("write failed: %r", result)
-        code = 503 if isinstance(result, OperationalError) else 500
-        return Response(code, "storage unavailable; nothing was changed, retry")
+        # Not a refusal by the rules: a bug the writer already logged. Nothing was committed.
+        return Response(500, "internal error; nothing was changed")
     try:
         return finish(result)
     except Exception:
@@ -89,21 +103,9 @@ class Dispatcher:
             return Response(200, help_text())
         if cmd == "maildomain":
             return Response(200, "placeholder mail domain", data=self.service.settings.mail_domain)
-        if cmd == "apikey":
-            if ip is not None and not self._apikey_burst.allow(ip, time.monotonic()):
-                return Response(429, "too many new API keys from your address; slow down")
-            call = Call(keys.create, (), ip)
-            finish = _issued
-        elif cmd == "claim":
-            call = Call(accounts.claim, (request.get("apikey"), request.get("email")), ip)
-            finish = _claimed
-        elif cmd == "add":
-            call = Call(domains.add, (request.get("apikey"), request.get("domain")), ip)
-            finish = _added
-        elif cmd == "expiration":
-            call = Call(scans.expiration_facts, (request.get("apikey"), request.get("domain")), ip)
-            finish = _expiration
-        else:
-            return Response(404, "unknown command")
-        self.submit(call, finish, deliver)
+        if cmd == "apikey" and ip is not None and not self._apikey_burst.allow(ip, time.monotonic()):
+            return Response(429, "too many new API keys from your address; slow down")
+        # parse_request admits only the commands of protocol.line.COMMANDS: the rest are writes.
+        fn, names, finish = WRITES[cmd]
+        self.submit(Call(fn, tuple(request.get(name) for name in names), ip), finish, deliver)
         return None

@@ -19,11 +19,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
 from keychest.config import LineServerSettings
 from keychest.protocol.line import LineError, LineFramer, Response, format_response, parse_request
 from keychest.servers.dispatch import Deliver, Dispatcher, result_response
+from keychest.service.errors import StorageUnavailable
 from keychest.service.facade import Call, Keychest
 
 log = logging.getLogger("keychest.line")
@@ -69,24 +68,25 @@ class WriteBatcher:
         done.add_done_callback(lambda fut: self._finished(batch, fut))
 
     def _commit(self, calls: list[Call]) -> list[object]:
-        for attempt in range(len(RETRY_DELAYS_S) + 1):
+        attempt = 0
+        while True:
             try:
                 return self.service.call_batch(calls)
-            except (OperationalError, InterfaceError) as exc:
-                # The database went away (a PostgreSQL restart or failover, a locked SQLite).
+            except StorageUnavailable as exc:
                 # Repeating the batch is safe even when the failure hit the COMMIT itself:
                 # adds and claims are idempotent, and a repeated `apikey` only leaves an
                 # unused key behind.
-                if attempt == len(RETRY_DELAYS_S):
-                    log.error("database unavailable; %d requests answered 503: %s", len(calls), exc)
+                cause = exc.__cause__ or exc
+                if not exc.retry or attempt == len(RETRY_DELAYS_S):
+                    log.error("database unavailable; %d requests answered 503: %s", len(calls), cause)
                     return [exc] * len(calls)
                 delay = RETRY_DELAYS_S[attempt]
-                log.warning("database unavailable; retrying %d requests in %gs: %s", len(calls), delay, exc)
+                attempt += 1
+                log.warning("database unavailable; retrying %d requests in %gs: %s", len(calls), delay, cause)
                 time.sleep(delay)
             except Exception as exc:  # a bug: every request of the batch gets a 500, none an ok
                 log.exception("write batch of %d failed", len(calls))
                 return [exc] * len(calls)
-        return []  # not reached: the last attempt returns
 
     def _finished(self, batch: list, fut: asyncio.Future[list[object]]) -> None:  # type: ignore[type-arg]
         results = fut.result() if not fut.cancelled() else [RuntimeError("cancelled")] * len(batch)

@@ -36,3 +36,16 @@ def invalid(text: str) -> ServiceError:
 
 def rate_limited(text: str) -> ServiceError:
     return ServiceError(429, "rate_limited", text)
+
+
+class StorageUnavailable(ServiceError):
+    """The database cannot take a write that would survive: nothing was changed.
+
+    ``retry`` is true when the cause is usually brief (a PostgreSQL restart, a locked SQLite
+    file), so repeating the same work in a moment is worth it; false when waiting cannot help
+    (the SQLite file was deleted or replaced under the running server).
+    """
+
+    def __init__(self, text: str, *, retry: bool) -> None:
+        super().__init__(503, "unavailable", text)
+        self.retry = retry

@@ -8,18 +8,36 @@ uses it for group commit, so that a durable ``ok`` costs one fsync per batch, no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from keychest.config import Settings
 from keychest.service.bulk import BULK_VARIANTS
 from keychest.service.context import Ctx
-from keychest.service.errors import ServiceError
-from keychest.store.db import Database
+from keychest.service.errors import ServiceError, StorageUnavailable
+from keychest.store.db import Database, DatabaseFileGone
 
 T = TypeVar("T")
+
+
+UNAVAILABLE_TEXT = "storage unavailable; nothing was changed, retry"
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """The database's own failures as the service's error, so front doors need no SQLAlchemy."""
+    try:
+        yield
+    except DatabaseFileGone as exc:
+        raise StorageUnavailable(UNAVAILABLE_TEXT, retry=False) from exc
+    except (OperationalError, InterfaceError) as exc:
+        # The database went away (a PostgreSQL restart or failover, a locked SQLite file).
+        raise StorageUnavailable(UNAVAILABLE_TEXT, retry=True) from exc
 
 
 def utcnow() -> datetime:
@@ -34,19 +52,17 @@ class Call:
 
 
 class Keychest:
-    def __init__(
-        self, db: Database, settings: Settings, clock: Callable[[], datetime] = utcnow
-    ) -> None:
+    def __init__(self, db: Database, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
 
     def call(self, fn: Callable[..., T], *args: Any, ip: str | None = None, **kwargs: Any) -> T:
-        with self.db.write() as session:
+        with storage_errors(), self.db.write() as session:
             return fn(Ctx(session, self.settings, self.clock(), ip), *args, **kwargs)
 
     def read(self, fn: Callable[..., T], *args: Any, ip: str | None = None, **kwargs: Any) -> T:
-        with self.db.read() as session:
+        with storage_errors(), self.db.read() as session:
             return fn(Ctx(session, self.settings, self.clock(), ip), *args, **kwargs)
 
     def call_batch(self, calls: Sequence[Call]) -> list[Any | ServiceError]:
@@ -55,13 +71,14 @@ class Keychest:
         Calls of a function with a bulk variant (service.bulk) run together through it, in a
         handful of statements whatever their number. Any other exception aborts the whole
         batch (nothing is acknowledged): the caller answers every request with an error,
-        and none has been reported ok.
+        and none has been reported ok. A database that cannot take the batch raises
+        StorageUnavailable (see its ``retry``).
         """
         results: list[Any | ServiceError] = [None] * len(calls)
         groups: dict[Callable[..., Any], list[int]] = {}
         for index, call in enumerate(calls):
             groups.setdefault(call.fn, []).append(index)
-        with self.db.write() as session:
+        with storage_errors(), self.db.write() as session:
             now = self.clock()
             for fn, indexes in groups.items():
                 many = BULK_VARIANTS.get(fn)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,6 +15,16 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # pg_advisory_xact_lock key for schema upgrades: any constant no other code uses ("kcmg").
 MIGRATION_LOCK = 0x6B636D67
+
+log = logging.getLogger("keychest.store")
+
+
+class DatabaseFileGone(Exception):
+    """The SQLite file this process opened is no longer the one at its path.
+
+    Commits would go into an unlinked file (or a fresh empty one) that a restart never sees,
+    so no write may be acknowledged. The service layer turns this into a 503.
+    """
 
 
 def normalise_url(url: str) -> str:
@@ -92,15 +105,54 @@ class Database:
         self.url = normalise_url(url)
         self.engine = make_engine(self.url, pool_size=pool_size, sqlite_autocheckpoint=sqlite_autocheckpoint)
         self.is_sqlite = self.url.startswith("sqlite")
+        database = self.engine.url.database if self.is_sqlite else None
+        # None for PostgreSQL and in-memory SQLite: no file that could be deleted under us.
+        self.sqlite_path = database if database and database != ":memory:" else None
+        self._file_id: tuple[int, int] | None = None
+        self._file_gone_logged = False
+        if self.sqlite_path is not None:
+            event.listen(self.engine, "connect", self._remember_file)
         writer = self.engine.execution_options(keychest_write=True)
         self._write_sessions = sessionmaker(bind=writer, expire_on_commit=False)
         self._read_sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A transaction that commits when the block ends without an exception."""
+        """A transaction that commits when the block ends without an exception.
+
+        On SQLite, raises DatabaseFileGone before the work and again after the commit when the
+        file at the database's path is not the one this process opened: a caller answers
+        ``ok`` only when the commit reached the file a restart will open.
+        """
+        self.check_file()
         with self._write_sessions() as session, session.begin():
             yield session
+        self.check_file()
+
+    def _remember_file(self, _dbapi_conn: Any, _record: Any) -> None:
+        # The first connection (the migrations at start) fixes which file is ours; a later
+        # connection to a missing path would quietly create a new, empty one.
+        if self._file_id is None and self.sqlite_path is not None:
+            st = os.stat(self.sqlite_path)
+            self._file_id = (st.st_dev, st.st_ino)
+
+    def check_file(self) -> None:
+        """Raise DatabaseFileGone when the SQLite file was deleted or replaced since it was opened."""
+        if self._file_id is None or self.sqlite_path is None:
+            return
+        try:
+            st = os.stat(self.sqlite_path)
+            same = (st.st_dev, st.st_ino) == self._file_id
+        except FileNotFoundError:
+            same = False
+        if same:
+            self._file_gone_logged = False
+            return
+        text = f"database file {self.sqlite_path} was deleted or replaced while running; restore and restart"
+        if not self._file_gone_logged:
+            self._file_gone_logged = True
+            log.error("%s (writes are refused until then)", text)
+        raise DatabaseFileGone(text)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
