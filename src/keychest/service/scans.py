@@ -6,18 +6,27 @@ due endpoints here, scans them, and hands the results back to :func:`record`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, delete, insert, select, update
+from sqlalchemy import ColumnElement, Select, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keychest.scan.judge import CertFacts
 from keychest.scan.runner import AddressResult
 from keychest.service import domains, errors, keys
+from keychest.service.bulk import chunks
 from keychest.service.context import Ctx
-from keychest.store.models import AddressState, ApiKey, Certificate, Endpoint, ScanChange, Watch
+from keychest.store.models import (
+    AddressState,
+    ApiKey,
+    Certificate,
+    Endpoint,
+    ScanChange,
+    ScanSettings,
+    Watch,
+)
 
 STATE_ORDER = {"ok": 0, "warning": 1, "critical": 2, "error": 3}
 MAX_BACKOFF_FACTOR = 8
@@ -253,7 +262,15 @@ def record(
     factor = min(2 ** (failures - 1), MAX_BACKOFF_FACTOR) if failures else 1
     delay = interval_s * factor * (1 + jitter)
     if owner is None or endpoint.lease_owner in (owner, None):
-        endpoint.next_scan_at = ctx.now + timedelta(seconds=delay)
+        # A rescan asked for while this scan ran moved next_scan_at before the lease's end:
+        # keep it, since this scan may have connected before the change it is meant to see.
+        asked = (
+            endpoint.lease_until is not None
+            and endpoint.next_scan_at is not None
+            and endpoint.next_scan_at < endpoint.lease_until
+        )
+        if not asked:
+            endpoint.next_scan_at = ctx.now + timedelta(seconds=delay)
         endpoint.lease_owner = None
         endpoint.lease_until = None
     # Else our lease ran out and another scanner holds the endpoint now: keep its lease and
@@ -362,3 +379,172 @@ def expiration_facts(ctx: Ctx, raw_key: str, domain_text: str) -> dict[str, str]
         facts["errors"] = ",".join(errors_seen)
     facts["last_scan"] = endpoint.last_scan_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     return facts
+
+
+# --- rescans -----------------------------------------------------------------------------------
+
+# An `add` of a domain already watched (the certbot hook after every renewal) asks for a scan
+# this long after it: the hook often runs before the web server's own reload hook has
+# finished, and a scan a few seconds later sees the deployed certificate.
+RESCAN_AFTER_ADD_S = 5.0
+# ... unless the endpoint was scanned this recently: a hook run for many certificates, or a
+# loop of adds, costs the scanned server one handshake a minute at most.
+RECENT_SCAN_S = 60.0
+# Endpoint states `keychest rescan --state` selects by (Endpoint.last_state).
+RESCAN_STATES = ("ok", "warning", "critical", "error")
+SCAN_SETTINGS_NAME = "scanner"
+
+
+@dataclass(frozen=True)
+class Rescan:
+    """A scan asked for: the endpoint is due at ``due_at`` (a running scanner notices in ~1 s)."""
+
+    domain: str
+    endpoint_id: int
+    due_at: datetime
+    last_scan_at: datetime | None
+
+
+def _due_now(ctx: Ctx, endpoint: Endpoint) -> Rescan:
+    # Never later than it was due already. A leased endpoint (a scan in flight) comes due
+    # too: that scan may have connected before the change the caller wants to see.
+    if endpoint.next_scan_at is None or endpoint.next_scan_at > ctx.now:
+        endpoint.next_scan_at = ctx.now
+    return Rescan(
+        str(domains.DomainName(endpoint.host, endpoint.port)),
+        endpoint.id,
+        endpoint.next_scan_at,
+        endpoint.last_scan_at,
+    )
+
+
+def request_rescan(ctx: Ctx, raw_key: str, domain_text: str) -> Rescan:
+    """REST ``servers/rescan``: scan a domain the key sees (its account's, or its own) now.
+
+    Any other domain, registered by someone else or not at all, answers 404 like a missing one.
+    """
+    return _due_now(ctx, _owned_endpoint(ctx, raw_key, domain_text))
+
+
+def rescan_for_account(ctx: Ctx, account_id: int, endpoint_id: int) -> Rescan:
+    """The dashboard's "Scan now" on a server page of the signed-in account."""
+    from keychest.service.servers import account_endpoints  # servers imports this module
+
+    endpoint = ctx.session.scalar(
+        select(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.id.in_(account_endpoints(account_id)))
+    )
+    if endpoint is None:
+        raise errors.not_found("no such server")
+    return _due_now(ctx, endpoint)
+
+
+@dataclass(frozen=True)
+class RescanReport:
+    marked: int  # endpoints made due now (those due already included)
+    unknown: tuple[str, ...]  # names given that no one monitors
+
+
+def rescan(
+    ctx: Ctx, *, everything: bool = False, state: str | None = None, domain_texts: Sequence[str] = ()
+) -> RescanReport:
+    """`keychest rescan`: every endpoint, those in one state, or the named ones, due now.
+
+    Exactly one of the three selections; an admin command, so no key and no visibility rule.
+    """
+    if sum((everything, state is not None, bool(domain_texts))) != 1:
+        raise errors.invalid("rescan what: everything, one state, or a list of domains")
+    where: list[ColumnElement[bool]] = []
+    unknown: list[str] = []
+    if state is not None:
+        if state not in RESCAN_STATES:
+            raise errors.invalid(f"unknown state {state!r}: one of {', '.join(RESCAN_STATES)}")
+        where.append(Endpoint.last_state == state)
+    elif domain_texts:
+        names = [domains.parse_domain(text) for text in domain_texts]
+        ids: dict[tuple[str, int], int] = {}
+        for chunk in chunks({name.host for name in names}):
+            for endpoint_id, host, port in ctx.session.execute(domains.endpoints_by_host(chunk)):
+                ids[(host, port)] = endpoint_id
+        unknown = [str(name) for name in names if (name.host, name.port) not in ids]
+        wanted = {ids[(n.host, n.port)] for n in names if (n.host, n.port) in ids}
+        if not wanted:
+            return RescanReport(0, tuple(unknown))
+        return RescanReport(_mark_due(ctx, wanted), tuple(unknown))
+    selected = ctx.session.scalar(select(func.count()).select_from(Endpoint).where(*where)) or 0
+    ctx.session.execute(
+        update(Endpoint)
+        .where(*where, Endpoint.next_scan_at > ctx.now)
+        .values(next_scan_at=ctx.now)
+        .execution_options(synchronize_session=False)
+    )
+    return RescanReport(int(selected), ())
+
+
+def _mark_due(ctx: Ctx, endpoint_ids: set[int]) -> int:
+    for chunk in chunks(endpoint_ids):
+        ctx.session.execute(
+            update(Endpoint)
+            .where(Endpoint.id.in_(chunk), Endpoint.next_scan_at > ctx.now)
+            .values(next_scan_at=ctx.now)
+            .execution_options(synchronize_session=False)
+        )
+    return len(endpoint_ids)
+
+
+def schedule_after_add(ctx: Ctx, endpoint_ids: Collection[int]) -> set[int]:
+    """The endpoints of re-added domains that will be scanned within seconds.
+
+    One UPDATE per 500 endpoints (the write batcher's whole batch goes through here): those
+    not scanned in the last RECENT_SCAN_S come due RESCAN_AFTER_ADD_S from now, unless they
+    are due sooner already; both kinds count as scheduled.
+    """
+    if not endpoint_ids:
+        return set()
+    soon = ctx.now + timedelta(seconds=RESCAN_AFTER_ADD_S)
+    recent = ctx.now - timedelta(seconds=RECENT_SCAN_S)
+    due_soon = Endpoint.next_scan_at <= soon
+    scheduled: set[int] = set()
+    for chunk in chunks(endpoint_ids):
+        scheduled.update(
+            ctx.session.scalars(
+                update(Endpoint)
+                .where(
+                    Endpoint.id.in_(chunk),
+                    or_(due_soon, Endpoint.last_scan_at.is_(None), Endpoint.last_scan_at <= recent),
+                )
+                .values(next_scan_at=case((due_soon, Endpoint.next_scan_at), else_=soon))
+                .returning(Endpoint.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    return scheduled
+
+
+def rescan_after_settings_change(ctx: Ctx, fingerprint: str) -> int | None:
+    """At a scanner's start: if its settings differ from the last start's, rescan what they judged.
+
+    Results of `blocked` (the private-address guard) and untrusted chains (the trust store)
+    may be wrong under new settings (``--allow-private-targets``, ``--ca-file``), so those
+    endpoints come due now instead of at their interval. Returns how many, or None when the
+    settings did not change. The first start of an installation counts as a change.
+    """
+    row = ctx.session.get(ScanSettings, SCAN_SETTINGS_NAME)
+    if row is not None and row.fingerprint == fingerprint:
+        return None
+    if row is None:
+        ctx.session.add(ScanSettings(name=SCAN_SETTINGS_NAME, fingerprint=fingerprint, changed_at=ctx.now))
+    else:
+        row.fingerprint = fingerprint
+        row.changed_at = ctx.now
+    judged = (
+        select(AddressState.endpoint_id)
+        .where(or_(AddressState.error_kind == "blocked", AddressState.trusted.is_(False)))
+        .distinct()
+    )
+    result = ctx.session.execute(
+        update(Endpoint)
+        .where(Endpoint.id.in_(judged), Endpoint.next_scan_at > ctx.now)
+        .values(next_scan_at=ctx.now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
