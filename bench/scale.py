@@ -344,7 +344,7 @@ def weekly_figures(service: Keychest, db_url: str, workdir: Path) -> dict[str, o
     """
     from aiosmtpd.controller import Controller
 
-    from keychest.notify.outbox import Sender
+    from keychest.servers.mailer import Sender
 
     class Counter:
         messages = 0

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from keychest.config import MailSettings, Settings
-from keychest.notify.outbox import Sender, compose
-from keychest.service import accounts, delivery, domains, keys, outbox, preferences, tokens
+from keychest.servers.mailer import Sender
+from keychest.service import accounts, domains, keys, outbox, preferences, tokens
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
 from keychest.store.db import Database, upgrade
@@ -129,7 +129,7 @@ def test_a_sender_that_died_mid_send_is_replaced_once_its_lease_ends(
 ) -> None:
     claim_new(svc, "crash@example.org")
     # A sender leases the mail, then dies before (or while) talking to SMTP.
-    leased = svc.call(lambda ctx: delivery.lease(ctx, compose, limit=10, lease_s=300))
+    leased = svc.call(lambda ctx: outbox.lease(ctx, limit=10, lease_s=300))
     assert [m.to_addr for m in leased] == ["crash@example.org"]
     assert rows(svc)[0].state == "sending"
     with SmtpSink(smtp_port) as sink:
@@ -150,11 +150,11 @@ def test_a_permanently_refused_recipient_fails_after_a_few_tries(
     claim_new(svc, "nobody@example.org")
     with SmtpSink(smtp_port) as sink:
         sink.refuse = "550 5.1.1 no such user"
-        for _ in range(delivery.MAX_REFUSED_ATTEMPTS):
+        for _ in range(outbox.MAX_REFUSED_ATTEMPTS):
             send_once(svc)
             clock.advance(hours=2)
     [row] = rows(svc)
-    assert (row.state, row.attempts) == ("failed", delivery.MAX_REFUSED_ATTEMPTS)
+    assert (row.state, row.attempts) == ("failed", outbox.MAX_REFUSED_ATTEMPTS)
     assert "550" in (row.last_error or "")
 
 

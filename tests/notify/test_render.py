@@ -10,9 +10,9 @@ import pytest
 
 from keychest.config import MailSettings
 from keychest.notify import render
+from keychest.notify.mail import Composed, Outgoing
 from keychest.notify.smtp import build_message, message_id
-from keychest.service.delivery import Composed, Outgoing
-from keychest.service.reports import KeySummary
+from keychest.service.outbox import KeySummary
 
 AT = "2026-12-01T10:00:00"
 BASE = {"email": "owner@example.org", "public_url": "https://kc.example.net", "ip": "198.51.100.7", "at": AT}

@@ -19,7 +19,7 @@ from keychest.cli.options import (
     resolve_db_url,
 )
 from keychest.config import Settings
-from keychest.notify.outbox import Sender
+from keychest.servers.mailer import Sender
 from keychest.service import reports
 from keychest.service.accounts import normalise_email
 from keychest.service.facade import Keychest

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 import aiosmtplib
 
 from keychest.config import MailSettings
-from keychest.service.delivery import Outgoing
+from keychest.notify.mail import Outgoing
 
 TIMEOUT_S = 60.0
 

@@ -15,6 +15,7 @@ import uvicorn
 from keychest.config import Settings
 from keychest.servers.dispatch import Dispatcher
 from keychest.servers.line import LineServer, WriteBatcher
+from keychest.servers.mailer import MAILER_PARTS
 from keychest.servers.scheduler import ScanScheduler
 from keychest.service.facade import Keychest
 from keychest.store.db import Database, upgrade
@@ -49,9 +50,8 @@ async def run_checkpointer(service: Keychest) -> None:
 
 
 def mailer_parts() -> list[Part]:
-    """The mail side (outbox sender, alerts, weekly reports), from keychest.notify.parts."""
-    module = optional_module("keychest.notify.parts")
-    return list(module.MAILER_PARTS) if module is not None else []
+    """The mail side: outbox sender, alerts, weekly reports."""
+    return list(MAILER_PARTS)
 
 
 def parts_for(role: str) -> list[Part]:

@@ -1,39 +1,12 @@
-"""Weekly reports (database side) and what the mail composer needs to know about keys."""
+"""Weekly reports, the database side: which are due, and what goes into them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from keychest.notify import weekly
-from keychest.service import alerting, domains, outbox, preferences
+from keychest.service import alerting, outbox, preferences
 from keychest.service.context import Ctx
-from keychest.store.models import ApiKey, Endpoint, Watch
-
-
-@dataclass(frozen=True)
-class KeySummary:
-    id: int
-    prefix: str
-    state: str
-    domains: tuple[str, ...]
-
-
-def key_summary(ctx: Ctx, key_id: int) -> KeySummary | None:
-    key = ctx.session.get(ApiKey, key_id)
-    if key is None:
-        return None
-    names = [
-        str(domains.DomainName(host, port))
-        for host, port in ctx.session.execute(
-            select(Endpoint.host, Endpoint.port)
-            .join(Watch, Watch.endpoint_id == Endpoint.id)
-            .where(Watch.api_key_id == key_id)
-            .order_by(Watch.id)
-        )
-    ]
-    return KeySummary(key.id, key.prefix, key.state, tuple(names))
 
 
 @dataclass(frozen=True)
