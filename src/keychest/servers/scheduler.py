@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import json
 import logging
 import os
 import random
@@ -15,6 +17,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from keychest.config import SchedulerSettings
 from keychest.scan.runner import Scanner, ScanOptions
@@ -27,6 +30,24 @@ log = logging.getLogger("keychest.scheduler")
 
 def owner_id() -> str:
     return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def settings_fingerprint(options: ScanOptions) -> str:
+    """SHA-256 over the settings that decide a `blocked` or an untrusted result.
+
+    The CA file by its content, not its name: a private CA added to the same file counts.
+    """
+    try:
+        ca = hashlib.sha256(Path(options.ca_file).read_bytes()).hexdigest() if options.ca_file else ""
+    except OSError as exc:  # the scanner reports an unreadable file its own way
+        ca = f"unreadable:{exc.strerror}"
+    facts = {
+        "allow_private_targets": options.allow_private_targets,
+        "system_trust": options.system_trust,
+        "ca_file": ca,
+        "resolver": options.resolver,
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
 class ScanScheduler:
@@ -63,6 +84,7 @@ class ScanScheduler:
             self.settings.interval_s,
             self.settings.max_in_flight,
         )
+        await self._rescan_if_settings_changed()
         try:
             while True:
                 room = self.settings.max_in_flight - len(in_flight)
@@ -99,6 +121,18 @@ class ScanScheduler:
                 task.cancel()
             self._db.shutdown(wait=False, cancel_futures=True)
             self._release_leases(unfinished)
+
+    async def _rescan_if_settings_changed(self) -> None:
+        """Results judged under other settings (blocked, untrusted) are scanned again first."""
+        try:
+            marked = await self._db_call(
+                scans.rescan_after_settings_change, settings_fingerprint(self.options)
+            )
+        except Exception as exc:  # the database is down: the loop below waits for it anyway
+            log.warning("could not compare the scan settings with the last run's: %r", exc)
+            return
+        if marked:
+            log.info("scan settings changed: %d blocked or untrusted endpoints are scanned again now", marked)
 
     def make_scanner(self) -> Scanner:
         """The scanner this loop uses; a subclass may return another (bench/scale.py does)."""
