@@ -20,6 +20,10 @@ class Limits:
     # In-memory burst guard in front of the durable hourly quota on `apikey`.
     apikey_burst_per_ip: int = 20
     apikey_burst_window_s: float = 10.0
+    # REST requests per minute, counted per API key and per client address (KeyChest had 60).
+    rest_requests_per_minute: int = 60
+    # REST requests answered 401 (unknown key) one address may make per minute before 429.
+    rest_failed_keys_per_minute: int = 10
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,5 @@ class Settings:
     mail: MailSettings = field(default_factory=MailSettings)
     # Which parts this process runs: all, api (line + HTTP), scanner, mailer.
     role: str = "all"
+    # Bearer token /metrics requires (read from --metrics-token-file); None: open to all.
+    metrics_token: str | None = None

@@ -66,6 +66,19 @@ from keychest.scan.runner import ScanOptions
     help="Claims one client address may make in an hour (0: no limit).",
 )
 @env_option(
+    "--rest-requests-per-minute",
+    type=int,
+    default=Limits.rest_requests_per_minute,
+    show_default=True,
+    help="REST requests per minute per API key and per client address (0: no limit).",
+)
+@env_option(
+    "--metrics-token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="File holding a bearer token that /metrics then requires (Authorization: Bearer TOKEN).",
+)
+@env_option(
     "--idle-timeout",
     type=float,
     default=LineServerSettings.idle_timeout_s,
@@ -125,6 +138,8 @@ def serve(
     domains_per_unconfirmed_key: int,
     claims_per_email_per_day: int,
     claims_per_ip_per_hour: int,
+    rest_requests_per_minute: int,
+    metrics_token_file: str | None,
     idle_timeout: float,
     max_connections: int,
     role: str,
@@ -167,7 +182,9 @@ def serve(
             domains_per_unconfirmed_key=domains_per_unconfirmed_key,
             claims_per_email_per_day=claims_per_email_per_day,
             claims_per_ip_per_hour=claims_per_ip_per_hour,
+            rest_requests_per_minute=rest_requests_per_minute,
         ),
+        metrics_token=_metrics_token(metrics_token_file),
         scan=ScanOptions(
             timeout=scan_timeout,
             ca_file=ca_file,
@@ -193,3 +210,13 @@ def serve(
         ),
     )
     run_process(Process(settings))
+
+
+def _metrics_token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    token = Path(path).read_text().strip()
+    if not token:
+        # An empty file must not quietly leave /metrics open to everyone.
+        raise click.BadParameter(f"{path} is empty", param_hint="--metrics-token-file")
+    return token
