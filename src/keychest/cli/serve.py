@@ -73,6 +73,13 @@ from keychest.scan.runner import ScanOptions
     help="REST requests per minute per API key and per client address (0: no limit).",
 )
 @env_option(
+    "--rest-failed-keys-per-minute",
+    type=int,
+    default=Limits.rest_failed_keys_per_minute,
+    show_default=True,
+    help="REST requests with an unknown API key one address may make per minute before 429 (0: no limit).",
+)
+@env_option(
     "--metrics-token-file",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
@@ -139,6 +146,7 @@ def serve(
     claims_per_email_per_day: int,
     claims_per_ip_per_hour: int,
     rest_requests_per_minute: int,
+    rest_failed_keys_per_minute: int,
     metrics_token_file: str | None,
     idle_timeout: float,
     max_connections: int,
@@ -183,6 +191,7 @@ def serve(
             claims_per_email_per_day=claims_per_email_per_day,
             claims_per_ip_per_hour=claims_per_ip_per_hour,
             rest_requests_per_minute=rest_requests_per_minute,
+            rest_failed_keys_per_minute=rest_failed_keys_per_minute,
         ),
         metrics_token=_metrics_token(metrics_token_file),
         scan=ScanOptions(
