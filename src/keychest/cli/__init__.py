@@ -1,7 +1,7 @@
 """The `keychest` command: one entry point; each sub-command lives in its own module.
 
 Sub-commands are imported only when they run: `keychest scan` in a cron job should not pay
-for SQLAlchemy and FastAPI, and a checkout missing one module still runs the others.
+for SQLAlchemy and FastAPI. A sub-command module that fails to import fails loudly.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(name for name in COMMANDS if self._load(name) is not None)
+        return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return self._load(cmd_name)
@@ -38,14 +38,10 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module_name, attribute = COMMANDS[name]
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            return None
-        command = getattr(module, attribute, None)
-        return command if isinstance(command, click.Command) else None
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module_name}.{attribute} is not a click command")
+        return command
 
 
 @click.group(

@@ -19,7 +19,8 @@ from keychest.servers.mailer import MAILER_PARTS
 from keychest.servers.scheduler import ScanScheduler
 from keychest.service.facade import Keychest
 from keychest.store.db import Database, upgrade
-from keychest.web.app import create_app, optional_module
+from keychest.web import metrics
+from keychest.web.app import create_app
 
 log = logging.getLogger("keychest.serve")
 
@@ -33,9 +34,7 @@ ROLES = ("all", "api", "scanner", "mailer")
 async def run_scanner(service: Keychest) -> None:
     settings = service.settings
     scheduler = ScanScheduler(service, settings.scheduler, settings.scan)
-    metrics = optional_module("keychest.web.metrics")
-    if metrics is not None:
-        scheduler.on_recorded.append(metrics.observe_scan)
+    scheduler.on_recorded.append(metrics.observe_scan)
     await scheduler.run()
 
 
@@ -81,9 +80,7 @@ class Process:
         batcher.start()
         dispatcher = Dispatcher(service, batcher.submit)
         line = LineServer(self.settings.line, dispatcher)
-        metrics = optional_module("keychest.web.metrics")
-        if metrics is not None:
-            line.on_response = metrics.observe_line
+        line.on_response = metrics.observe_line
         await line.start()
         app = create_app(service)
         http = uvicorn.Server(

@@ -1,14 +1,12 @@
 """The HTTP application: health, plus each feature's routes installed from its own module.
 
 Each feature module (``web.rest``, ``web.mailflow``, ``web.dashboard``, ``web.metrics``)
-exposes ``install(app, service)``; a checkout without one simply lacks those routes.
+exposes ``install(app, service)``; all are imported here, so a broken one stops the start.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from types import ModuleType
 
 import fastapi_offline
 from fastapi import FastAPI, Request
@@ -22,8 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from keychest import __version__
 from keychest.service.facade import Keychest
 from keychest.service.metrics import database_ok
+from keychest.web import dashboard, mailflow, metrics, rest
 
-FEATURES = ("keychest.web.metrics", "keychest.web.rest", "keychest.web.mailflow", "keychest.web.dashboard")
+FEATURES = (metrics, rest, mailflow, dashboard)
 
 HERE = Path(__file__).parent
 # Swagger UI 5 (it renders OpenAPI 3.1, which FastAPI writes) and ReDoc, shipped as files in
@@ -46,15 +45,6 @@ NOT_FOUND_HEADERS = {
 _PAGES = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape())
 
 
-def optional_module(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        return None
-
-
 def create_app(service: Keychest) -> FastAPI:
     app = FastAPI(
         title="keychest",
@@ -71,10 +61,8 @@ def create_app(service: Keychest) -> FastAPI:
         service.read(database_ok)
         return "ok\n"
 
-    for name in FEATURES:
-        module = optional_module(name)
-        if module is not None:
-            module.install(app, service)
+    for feature in FEATURES:
+        feature.install(app, service)
     return app
 
 
