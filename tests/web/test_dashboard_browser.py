@@ -159,3 +159,53 @@ def test_sign_in_overview_keys_and_settings(web_env: WebEnv, owner: dict[str, st
     session_cookie = next(c for c in context.cookies() if c["name"] == "keychest_session")
     assert session_cookie["httpOnly"] and session_cookie["sameSite"] == "Lax"
     context.close()
+
+
+def _same_origin_only(context, origin: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Refuse every request to another host, as an intranet without Internet would, and keep
+    the list of what the page asked for."""
+    asked: list[str] = []
+
+    def handle(route) -> None:  # type: ignore[no-untyped-def]
+        url = route.request.url
+        asked.append(url)
+        if url.startswith(origin + "/") or url.startswith("data:") or url.startswith("blob:"):
+            route.continue_()
+        else:
+            route.abort()
+
+    context.route("**/*", handle)
+    return asked
+
+
+def test_api_docs_render_offline(web_env: WebEnv, browser) -> None:  # type: ignore[no-untyped-def]
+    with web_env.client() as client:
+        spec = client.get("/openapi.json").json()
+    operations = sum(
+        1
+        for item in spec["paths"].values()
+        for method in item
+        if method in ("get", "head", "post", "put", "patch", "delete", "options")
+    )
+    assert operations > 0
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    asked = _same_origin_only(context, web_env.url)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    page.goto(web_env.url + "/docs")
+    page.wait_for_selector(".opblock")
+    assert page.locator(".opblock").count() == operations
+    assert page.locator(".opblock", has_text="/api/v1.0/servers/add").count() >= 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "docs-swagger.png"))
+
+    page.goto(web_env.url + "/redoc")
+    page.wait_for_selector("[data-section-id^='operation/']")
+    assert page.locator("[data-section-id^='operation/']").count() == operations
+
+    foreign = [url for url in asked if not url.startswith(web_env.url + "/") and not url.startswith("data:")]
+    assert foreign == [], f"pages asked other hosts for {foreign}"
+    assert errors == []
+    context.close()
