@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("keychest.cli.admin", "keys_cmd"),
     "accounts": ("keychest.cli.admin", "accounts_cmd"),
     "outbox": ("keychest.cli.admin", "outbox_cmd"),
+    "rescan": ("keychest.cli.rescan", "rescan"),
+    "signin-link": ("keychest.cli.signin_link", "signin_link"),
 }
 
 

@@ -10,17 +10,18 @@ from rich.console import Console
 from rich.table import Table
 
 from keychest.cli.options import db_option, print_json, resolve_db_url
-from keychest.config import Settings
+from keychest.config import MailSettings, Settings
 from keychest.service import accounts, domains, keys, outbox
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
 from keychest.store.db import Database, upgrade
 
 
-def open_service(db_url: str | None, data_dir: Path) -> Keychest:
+def open_service(db_url: str | None, data_dir: Path, *, public_url: str | None = None) -> Keychest:
     db = Database(resolve_db_url(db_url, data_dir))
     upgrade(db)  # a fresh database answers with empty lists rather than an SQL error
-    return Keychest(db, Settings(db_url=db.url, data_dir=data_dir, mail_domain=""))
+    mail = MailSettings(public_url=public_url.rstrip("/")) if public_url else MailSettings()
+    return Keychest(db, Settings(db_url=db.url, data_dir=data_dir, mail_domain="", mail=mail))
 
 
 def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
