@@ -13,7 +13,10 @@ answer to swap in).
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -105,16 +108,36 @@ def register(server: LiveServer, port: int, domains: list[str]) -> None:
         assert reply.ok, (domain, reply)
 
 
+# IPv6 forms that carry an IPv4 address, and IPv4 ranges that are not globally routable
+# (issue 10 item 6): literal as registered -> host as stored.
+DISGUISED = {
+    "[64:ff9b::7f00:1]": "64:ff9b::7f00:1",  # NAT64
+    "[64:ff9b:1::1]": "64:ff9b:1::1",  # local-use NAT64
+    "[::127.0.0.1]": "::7f00:1",  # IPv4-compatible
+    "[::ffff:0:7f00:1]": "::ffff:0:7f00:1",  # IPv4-translated
+    "[2002:7f00:1::1]": "2002:7f00:1::1",  # 6to4
+    "[fec0::1]": "fec0::1",  # site-local
+    "192.0.0.1": "192.0.0.1",
+    "100.64.0.1": "100.64.0.1",
+    "198.18.0.1": "198.18.0.1",
+    "240.0.0.1": "240.0.0.1",
+}
+
+
 def test_loopback_in_any_disguise_is_never_connected(server_factory, listener: CountingListener) -> None:
-    literals = ["127.0.0.1", "[::ffff:127.0.0.1]", "0.0.0.0", "[::1]", "127.1.2.3"]
+    literals = ["127.0.0.1", "[::ffff:127.0.0.1]", "0.0.0.0", "[::1]", "127.1.2.3", *DISGUISED]
+    stored = ["127.0.0.1", "::ffff:7f00:1", "0.0.0.0", "::1", "127.1.2.3", *DISGUISED.values()]
     with DNSServer(NAMES) as dns:
         server = server_factory("--resolver", dns.address, "--scan-timeout", "2")
         register(server, listener.port, [*NAMES, *literals])
-        scanned = wait_scanned(server, [*NAMES, "127.0.0.1", "::ffff:7f00:1", "0.0.0.0", "::1", "127.1.2.3"])
-        time.sleep(0.5)  # a connection that slipped through would have arrived by now
+        # Every scan has finished: a connection that slipped through was accepted (and
+        # counted) before the probe that made it could end.
+        scanned = wait_scanned(server, [*NAMES, *stored])
+        messages = {error for (error,) in rows(server, "SELECT error FROM address_states")}
     assert listener.accepted == []
     for host, results in scanned.items():
         assert results and all(kind == "blocked" for _, kind in results), (host, results)
+    assert messages and all("--allow-private-targets" in (m or "") for m in messages), messages
     # Every address the names resolved to was judged on its own.
     assert {ip for ip, _ in scanned["many.rebind.test"]} == {"127.0.0.1", "127.0.0.2", "::ffff:7f00:1"}
 
@@ -133,3 +156,37 @@ def test_allowed_private_targets_connect_to_the_checked_address_only(
     assert listener.accepted and set(listener.accepted) == {"127.0.0.1"}
     assert scanned["loop.rebind.test"][0][1] != "blocked"
     assert sorted(queries) == [("loop.rebind.test", "A"), ("loop.rebind.test", "AAAA")]
+
+
+def keychest_scan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from keychest.cli import main; main()",
+            "scan",
+            "--json",
+            "--timeout",
+            "3",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_keychest_scan_refuses_disguised_literals_without_connecting(listener: CountingListener) -> None:
+    targets = [f"{literal}:{listener.port}" for literal in ["[::ffff:127.0.0.1]", *DISGUISED]]
+    done = keychest_scan(*targets)  # returns once every target has its result
+    assert listener.accepted == []
+    results = json.loads(done.stdout)
+    assert done.returncode == 2
+    assert [(r["ip"], r["error_kind"]) for r in results] == [
+        (ip, "blocked") for ip in ["::ffff:7f00:1", *DISGUISED.values()]
+    ]
+    assert all("--allow-private-targets" in r["error"] for r in results)
+    # The positive control: the same listener does count a scan it is allowed to receive.
+    allowed = keychest_scan("--allow-private-targets", f"127.0.0.1:{listener.port}")
+    assert json.loads(allowed.stdout)[0]["error_kind"] != "blocked"
+    assert listener.accepted == ["127.0.0.1"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from keychest.scan.errors import ErrorKind, ScanError, ScanFailure
-from keychest.scan.guard import check_address
+from keychest.scan.guard import blocked_message, check_address
 from keychest.scan.judge import (
     CertFacts,
     State,
@@ -137,7 +137,7 @@ class Scanner:
         endpoint = target.endpoint
         blocked = check_address(target.ip, self.options.allow_private_targets)
         if blocked:
-            error = ScanError(ErrorKind.BLOCKED, f"refusing to scan {target.ip}: {blocked}")
+            error = ScanError(ErrorKind.BLOCKED, blocked_message(target.ip, blocked))
             return AddressResult(endpoint, target.ip, utc_now(), error=error)
         async with self._address_slot(target.ip):
             probe = await self.client.probe(target)
