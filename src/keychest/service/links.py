@@ -174,3 +174,34 @@ def request_signin(ctx: Ctx, email_text: str) -> None:
         account_id=account.id,
         payload={"ip": ctx.ip, "at": ctx.now.isoformat()},
     )
+
+
+# `keychest signin-link`: whoever runs it reads the database anyway, so a short life suffices.
+ADMIN_LINK_LIFETIME = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class AdminLink:
+    url: str
+    email: str
+    confirms: bool  # the account was dormant: the link confirms it as it signs in
+
+
+def admin_signin_link(ctx: Ctx, email_text: str) -> AdminLink:
+    """A one-time sign-in URL printed instead of mailed (an install without SMTP).
+
+    The link is the mailed one's (GET shows a button, the POST acts, once). An account never
+    confirmed, since its confirmation mail could not go out, gets a confirm link, which
+    signs in as well; a blocked address (its owner said "not me") gets none.
+    """
+    email = accounts.normalise_email(email_text)
+    account = ctx.session.scalar(select(Account).where(Account.email == email))
+    if account is None:
+        raise errors.not_found(f"no account for {email}")
+    if account.state == "blocked":
+        raise errors.forbidden(f"{email} is blocked: its owner refused the account")
+    confirms = account.state == "dormant"
+    purpose = "confirm_account" if confirms else "signin"
+    audit.record(ctx, "signin_link", account_id=account.id, subject=account.email)
+    url = outbox.link(ctx, purpose, account.id, lifetime=ADMIN_LINK_LIFETIME)
+    return AdminLink(url, account.email, confirms)
