@@ -210,3 +210,30 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     done = keychest(*args)
     assert done.returncode == 2
     assert "Error" in done.stderr
+
+
+def test_international_name_is_scanned_as_its_uts46_a_label(
+    servers: TestServers, certs: CertFactory, dns_server: DNSServer
+) -> None:
+    # UTS 46 keeps ß (xn--strae-oqa); IDNA 2003 turned it into "strasse", another domain.
+    cert = certs.valid("xn--strae-oqa.example", days=90)
+    port = servers.tls(cert.chain_pem, cert.key_pem)
+    dns_server.records["xn--strae-oqa.example"] = list(servers.hosts)
+    status, results = scan_json(servers, dns_server, certs, f"straße.example:{port}")
+    assert status == 0, results
+    assert [(r["host"], r["state"]) for r in results] == [("xn--strae-oqa.example", "ok")] * len(
+        servers.hosts
+    )
+
+
+def test_underscore_names_are_scanned_on_request(
+    servers: TestServers, certs: CertFactory, dns_server: DNSServer
+) -> None:
+    # Lenient mode: `command add` refuses under_score.example (not a name a CA issues for),
+    # but a one-off scan looks at what it is pointed at.
+    cert = certs.valid("score.example", days=90)  # trustme will not issue for under_score
+    port = servers.tls(cert.chain_pem, cert.key_pem)
+    dns_server.records["under_score.example"] = list(servers.hosts)
+    _, results = scan_json(servers, dns_server, certs, f"under_score.example:{port}")
+    assert {r["host"] for r in results} == {"under_score.example"}
+    assert all(r["error"] is None and r["sha256"] for r in results), results
