@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Text, and_, case, cast, func, select, union
+from sqlalchemy import ColumnElement, SQLColumnExpression, Text, and_, case, cast, func, select, union
 
 from keychest.service import domains, errors
 from keychest.service.certificates import account_keys
@@ -200,7 +200,7 @@ def _message(problems: list[dict], error: str | None, not_after: datetime | None
     return worst[0].get("message", "") if worst else ""
 
 
-def _severity(column: ColumnElement[str]) -> ColumnElement[int]:
+def _severity(column: SQLColumnExpression[str]) -> ColumnElement[int]:
     # The scanner's severity: a failed scan (`error`) is critical, like the exit status of
     # `keychest scan`; so an unreachable name does not outrank a certificate about to expire.
     return case(
