@@ -105,9 +105,39 @@ class CertFactory:
         )
 
     def missing_intermediate(self, *names: str) -> ServerCert:
-        """Issued by an intermediate CA the server does not send."""
+        """Issued by an intermediate CA the server does not send, and published (AIA
+        caIssuers) as a public CA's leaves are."""
         intermediate = self.ca.create_child_ca()
-        return ServerCert.from_trustme(intermediate.issue_cert(*names), with_intermediates=False)
+        issuer = x509.load_pem_x509_certificate(intermediate.cert_pem.bytes())
+        issuer_key = serialization.load_pem_private_key(intermediate.private_key_pem.bytes(), password=None)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = self.now()
+        aia = x509.AuthorityInformationAccess(
+            [
+                x509.AccessDescription(
+                    x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
+                    x509.UniformResourceIdentifier("http://ca.keychest.test/intermediate.der"),
+                )
+            ]
+        )
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(issuer.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=90))
+            .add_extension(_san(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(aia, critical=False)
+            .sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        return ServerCert(_pem(cert), _key_pem(key))
+
+    def private_root_leaf(self, *names: str) -> ServerCert:
+        """Signed directly by a root nobody trusts (a private CA; no AIA, as mkcert's)."""
+        return ServerCert.from_trustme(trustme.CA().issue_cert(*names))
 
     def with_intermediate(self, *names: str) -> ServerCert:
         intermediate = self.ca.create_child_ca()

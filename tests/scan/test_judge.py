@@ -17,6 +17,7 @@ from keychest.scan.judge import (
     cert_facts,
     chain_facts,
     days_left,
+    expiry_severity,
     find_stale_deployments,
     hostname_matches,
     judge,
@@ -141,6 +142,27 @@ def test_untrusted_without_the_ca(certs: CertFactory) -> None:
     assert not verdict.trusted and codes(verdict) == {"untrusted"}
 
 
+def test_leaf_of_an_unknown_root_is_not_called_a_missing_intermediate(
+    certs: CertFactory, trust: TrustStore
+) -> None:
+    # Issue 11 item 6: signed directly by a private root, not by an intermediate left out.
+    verdict = judge(
+        facts_of(certs.private_root_leaf("a.test")), hostname="a.test", now=certs.now(), trust_store=trust
+    )
+    assert not verdict.trusted and codes(verdict) == {"untrusted"}
+    assert verdict.trust_error is not None
+    assert "intermediate" not in verdict.trust_error
+    assert "not a trusted CA" in verdict.trust_error and "--ca-file" in verdict.trust_error
+    assert "--ca-file" in verdict.problems[0].message
+
+
+def test_self_signed_suggests_pinning_with_ca_file(certs: CertFactory, trust: TrustStore) -> None:
+    verdict = judge(
+        facts_of(certs.self_signed("a.test")), hostname="a.test", now=certs.now(), trust_store=trust
+    )
+    assert "--ca-file" in verdict.problems[0].message
+
+
 def test_sha1_signature_is_flagged(certs: CertFactory, trust: TrustStore) -> None:
     chain = facts_of(certs.sha1_signed("a.test"))
     assert chain[0].signature_algorithm == "ecdsa-with-SHA1" and chain[0].signature_hash == "sha1"
@@ -231,3 +253,18 @@ def test_stale_deployment_is_the_older_certificate(certs: CertFactory) -> None:
     assert stale[0].problem().severity is Severity.WARNING
     assert find_stale_deployments([("192.0.2.1", new), ("192.0.2.2", new)]) == []
     assert find_stale_deployments([]) == []
+
+
+def test_four_days_twenty_three_hours_is_four_days_everywhere(certs: CertFactory, trust: TrustStore) -> None:
+    # Issue 11 item 7: one number (floor) and one severity, in the verdict, its message and the
+    # helper other views use.
+    chain = facts_of(certs.valid("a.test", days=90))
+    now = chain[0].not_after - dt.timedelta(days=4, hours=23)
+    verdict = judge(chain, hostname="a.test", now=now, trust_store=trust, warn_days=30, crit_days=5)
+    assert verdict.days_left == 4
+    assert verdict.state is State.CRITICAL
+    assert [p.message for p in verdict.problems] == ["certificate expires in 4 days"]
+    assert expiry_severity(chain[0].not_after, now, 30, 5) is Severity.CRITICAL
+    assert expiry_severity(chain[0].not_after, now, 30, 4) is Severity.WARNING
+    assert expiry_severity(chain[0].not_after, now, 4, 4) is None
+    assert expiry_severity(chain[0].not_after, chain[0].not_after, 0, 0) is Severity.CRITICAL

@@ -238,28 +238,59 @@ class TrustStore:
         if not chain:
             return TrustResult(False, "no certificate", ())
         try:
-            leaf, *untrusted = [crypto.load_certificate(crypto.FILETYPE_ASN1, der) for der in chain]
+            loaded = [crypto.load_certificate(crypto.FILETYPE_ASN1, der) for der in chain]
         except crypto.Error as exc:
             return TrustResult(False, f"unreadable certificate: {exc}", ())
-        context = crypto.X509StoreContext(self._store, leaf, untrusted)
+        context = crypto.X509StoreContext(self._store, loaded[0], loaded[1:])
         try:
             path = context.get_verified_chain()
         except crypto.X509StoreContextError as exc:
-            return TrustResult(False, _explain_verify_error(exc, len(chain)), ())
+            return TrustResult(False, _explain_verify_error(exc, loaded), ())
         return TrustResult(True, None, tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in path))
 
 
-def _explain_verify_error(exc: crypto.X509StoreContextError, chain_length: int) -> str:
+def _ca_issuers(cert: x509.Certificate) -> list[str]:
+    """The caIssuers URLs of the AIA extension: where the issuer's certificate is published."""
+    try:
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+    return [
+        str(d.access_location.value)
+        for d in aia
+        if d.access_method == x509.oid.AuthorityInformationAccessOID.CA_ISSUERS
+        and isinstance(d.access_location, x509.UniformResourceIdentifier)
+    ]
+
+
+PRIVATE_CA_HINT = "a private CA? add its certificate with --ca-file"
+
+
+def _explain_verify_error(exc: crypto.X509StoreContextError, chain: Sequence[crypto.X509]) -> str:
     errors = exc.errors if isinstance(exc.errors, list) and len(exc.errors) >= 3 else [None, None, str(exc)]
     code, depth, message = errors[:3]
-    if code == _X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY and chain_length == 1:
-        return f"{message}: the server sent no intermediate certificate"
+    last = chain[-1].to_cryptography()
+    issuer = last.issuer.rfc4514_string()
+    if code == _X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY and len(chain) == 1:
+        # A lone leaf: either the server left out the intermediate, or the issuer is a root we
+        # do not trust. Public CAs never sign leaves with a root and always publish their
+        # intermediates (AIA caIssuers); private CAs (mkcert, step-ca, trustme) usually do not.
+        published = _ca_issuers(last)
+        if published:
+            return (
+                f"{message}: the server sent no intermediate certificate"
+                f" (its issuer, {issuer}, is published at {published[0]})"
+            )
+        return f"{message}: issued by {issuer}, which is not a trusted CA ({PRIVATE_CA_HINT})"
     if code == _X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
-        return f"{message}: no trusted CA issued the chain (missing intermediate or private CA?)"
+        return (
+            f"{message}: the chain ends at {issuer}, which is not a trusted CA"
+            f" (an intermediate missing, or {PRIVATE_CA_HINT})"
+        )
     if code == _X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
         return "self-signed certificate"
     if code == _X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
-        return "chain ends in an untrusted self-signed CA"
+        return f"chain ends in an untrusted self-signed CA, {issuer} ({PRIVATE_CA_HINT})"
     return f"{message} (depth {depth})" if depth else str(message)
 
 
@@ -359,19 +390,34 @@ def _state_of(problems: Iterable[Problem]) -> State:
     return State.CRITICAL if worst == Severity.CRITICAL else State.WARNING
 
 
+def expiry_severity(not_after: datetime, now: datetime, warn_days: int, crit_days: int) -> Severity | None:
+    """The scanner's severity of a certificate's dates alone: the one every view shows.
+
+    Critical once expired or when `days_left` (rounded down) is under `crit_days`, a warning
+    under `warn_days`, else None. Mails, the dashboard and metrics use this rather than
+    their own arithmetic, so "4 days" is critical or not in the same way everywhere.
+    """
+    left = days_left(not_after, now)
+    if now >= not_after or left < crit_days:
+        return Severity.CRITICAL
+    if left < warn_days:
+        return Severity.WARNING
+    return None
+
+
 def _expiry_problem(
     facts: CertFacts, now: datetime, warn_days: int, crit_days: int, what: str, prefix: str = ""
 ) -> Problem | None:
-    left = days_left(facts.not_after, now)
+    severity = expiry_severity(facts.not_after, now, warn_days, crit_days)
+    if severity is None:
+        return None
     if now >= facts.not_after:
         return Problem(
             f"{prefix}expired", Severity.CRITICAL, f"{what} expired on {facts.not_after:%Y-%m-%d %H:%M} UTC"
         )
-    if left < crit_days:
-        return Problem(f"{prefix}expires_soon", Severity.CRITICAL, f"{what} expires in {left} days")
-    if left < warn_days:
-        return Problem(f"{prefix}expires_soon", Severity.WARNING, f"{what} expires in {left} days")
-    return None
+    left = days_left(facts.not_after, now)
+    unit = "day" if left == 1 else "days"
+    return Problem(f"{prefix}expires_soon", severity, f"{what} expires in {left} {unit}")
 
 
 def judge(
@@ -399,7 +445,13 @@ def judge(
     path = tuple(sent.get(hashlib.sha256(der).hexdigest()) or _ca_facts(der) for der in trust.path)
     if not trust.trusted:
         if leaf.self_signed:
-            problems.append(Problem("self_signed", Severity.CRITICAL, "self-signed certificate, not trusted"))
+            problems.append(
+                Problem(
+                    "self_signed",
+                    Severity.CRITICAL,
+                    "self-signed certificate, not trusted (to trust this one, add it with --ca-file)",
+                )
+            )
         else:
             problems.append(Problem("untrusted", Severity.CRITICAL, f"not trusted: {trust.error}"))
 
