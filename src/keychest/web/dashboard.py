@@ -27,6 +27,7 @@ from keychest.scan.runner import ScanOptions
 from keychest.service import certificates, overview, servers
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
+from keychest.service.scans import rescan_for_account
 from keychest.web import session
 
 HERE = Path(__file__).parent
@@ -40,6 +41,7 @@ NOTICES = {
     "added": "Server added; its first scan starts within seconds.",
     "exists": "That server is already watched.",
     "removed": "Server removed.",
+    "rescan": "Scan requested: it starts within seconds. Reload this page to see its results.",
     "revoked": "API key revoked.",
     "approved": "API key approved.",
     "saved": "Settings saved.",
@@ -313,6 +315,19 @@ def install(app: FastAPI, service: Keychest) -> None:
         except ServiceError as exc:
             return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
         return _back("/servers", "removed")
+
+    @app.post("/servers/{endpoint_id}/rescan", include_in_schema=False)
+    async def servers_rescan(endpoint_id: int, request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        if await pages.form(request) is None:
+            return _forbidden()
+        try:
+            await pages.db(rescan_for_account, account.id, endpoint_id, request=request)
+        except ServiceError as exc:
+            return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
+        return _back(f"/servers/{endpoint_id}", "rescan")
 
     @app.get("/servers/{endpoint_id}", response_class=HTMLResponse, include_in_schema=False)
     async def server_page(endpoint_id: int, request: Request) -> Response:
