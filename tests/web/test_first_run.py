@@ -85,6 +85,7 @@ def test_favicon_is_served(web_env: WebEnv) -> None:
         assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
         # The pages name it, so browsers do not guess.
         assert 'rel="icon"' in client.get("/no/such/page").text
+        assert 'rel="icon"' in client.get("/signin").text
 
 
 def test_unknown_page_is_html_and_unknown_api_path_is_json(web_env: WebEnv) -> None:
