@@ -34,7 +34,13 @@ class LineServerSettings:
     # A request without newline is taken as complete after this pause (PROTOCOL.md).
     partial_line_pause_s: float = 0.2
     max_connections: int = 4096
+    # Per client address (an IPv6 /64): one address cannot take every connection.
+    max_connections_per_ip: int = 256
     max_requests_per_connection: int = 100_000
+    # The same protocol over TLS as well (--line-tls-listen): (host, port), cert and key files.
+    tls_listen: tuple[str, int] | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,10 @@ class Settings:
     line: LineServerSettings = field(default_factory=LineServerSettings)
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # A client has this long to send a request's headers and body (slowloris), and at most
+    # this many HTTP connections are open at once (more are answered 503).
+    http_request_timeout_s: float = 10.0
+    http_max_connections: int = 1000
     limits: Limits = field(default_factory=Limits)
     scan: ScanOptions = field(default_factory=ScanOptions)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)

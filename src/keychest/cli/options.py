@@ -39,7 +39,12 @@ def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def resolve_db_url(db_url: str | None, data_dir: Path) -> str:
     if db_url:
         return db_url
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot create the data directory {data_dir} (--data-dir): {exc.strerror}"
+        ) from None
     return sqlite_url_for(data_dir)
 
 

@@ -100,6 +100,41 @@ from keychest.scan.runner import ScanOptions
     help="Line API connections at once; more get 503.",
 )
 @env_option(
+    "--max-connections-per-ip",
+    type=int,
+    default=LineServerSettings.max_connections_per_ip,
+    show_default=True,
+    help="Line API connections one client address (IPv6: a /64) may hold; more get 503 (0: no limit).",
+)
+@env_option(
+    "--line-tls-listen",
+    default=None,
+    help="Also serve the line API over TLS on HOST:PORT (needs --tls-cert and --tls-key).",
+)
+@env_option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PEM certificate chain for --line-tls-listen.",
+)
+@env_option(
+    "--tls-key", type=click.Path(dir_okay=False), default=None, help="PEM private key for --line-tls-listen."
+)
+@env_option(
+    "--http-request-timeout",
+    type=float,
+    default=Settings.http_request_timeout_s,
+    show_default=True,
+    help="Seconds an HTTP client has to send a request's headers and body (slowloris guard).",
+)
+@env_option(
+    "--http-max-connections",
+    type=int,
+    default=Settings.http_max_connections,
+    show_default=True,
+    help="HTTP connections at once; more are answered 503.",
+)
+@env_option(
     "--role",
     type=click.Choice(["all", "api", "scanner", "mailer"]),
     default="all",
@@ -150,6 +185,12 @@ def serve(
     metrics_token_file: str | None,
     idle_timeout: float,
     max_connections: int,
+    max_connections_per_ip: int,
+    line_tls_listen: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    http_request_timeout: float,
+    http_max_connections: int,
     role: str,
     scan_interval: str,
     scan_timeout: float,
@@ -167,7 +208,7 @@ def serve(
     log_level: str,
 ) -> None:
     """Run the line API, the HTTP server and the background work on one database."""
-    from keychest.servers.roles import Process, run_process
+    from keychest.servers.roles import Process, StartupError, run_process
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Alembic narrates every plugin it loads at INFO; the migration lines are enough.
@@ -175,15 +216,26 @@ def serve(
     mail_domain_value = (mail_domain or default_mail_domain()).lower().rstrip(".")
     line_host, line_port = parse_listen(line_listen)
     http_host, http_port = parse_listen(http_listen, "127.0.0.1")
+    if line_tls_listen and not (tls_cert and tls_key):
+        raise click.UsageError("--line-tls-listen needs --tls-cert and --tls-key")
     settings = Settings(
         db_url=resolve_db_url(db_url, data_dir),
         data_dir=data_dir,
         mail_domain=mail_domain_value,
         line=LineServerSettings(
-            host=line_host, port=line_port, idle_timeout_s=idle_timeout, max_connections=max_connections
+            host=line_host,
+            port=line_port,
+            idle_timeout_s=idle_timeout,
+            max_connections=max_connections,
+            max_connections_per_ip=max_connections_per_ip,
+            tls_listen=parse_listen(line_tls_listen) if line_tls_listen else None,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         ),
         http_host=http_host,
         http_port=http_port,
+        http_request_timeout_s=http_request_timeout,
+        http_max_connections=http_max_connections,
         limits=Limits(
             keys_per_ip_per_hour=keys_per_ip_per_hour,
             apikey_burst_per_ip=apikey_burst,
@@ -218,7 +270,10 @@ def serve(
             f"http://{http_host}:{http_port}",
         ),
     )
-    run_process(Process(settings))
+    try:
+        run_process(Process(settings))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _metrics_token(path: str | None) -> str | None:

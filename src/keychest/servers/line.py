@@ -12,12 +12,14 @@ request, and a task plus ``wait_for`` per read cost a third of the throughput.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from keychest.config import LineServerSettings
 from keychest.protocol.line import LineError, LineFramer, Response, format_response, parse_request
@@ -35,6 +37,7 @@ RETRY_DELAYS_S = (0.5, 2.0)
 MAX_PENDING_PER_CONNECTION = 64
 
 OVERLOADED = format_response(Response(503, "too many connections; retry later"))
+OVERLOADED_BY_YOU = format_response(Response(503, "too many connections from your address; retry later"))
 TOO_LONG = format_response(LineError(413, "line too long").response())
 
 
@@ -88,7 +91,9 @@ class WriteBatcher:
                 log.exception("write batch of %d failed", len(calls))
                 return [exc] * len(calls)
 
-    def _finished(self, batch: list, fut: asyncio.Future[list[object]]) -> None:  # type: ignore[type-arg]
+    def _finished(
+        self, batch: list[tuple[Call, Callable[[Any], Response], Deliver]], fut: asyncio.Future[list[object]]
+    ) -> None:
         results = fut.result() if not fut.cancelled() else [RuntimeError("cancelled")] * len(batch)
         self.batches += 1
         self.calls += len(batch)
@@ -113,6 +118,50 @@ class WriteBatcher:
                 self.batches,
                 self.calls / self.batches,
             )
+
+
+def client_key(ip: str | None) -> str:
+    """Whose connection this is, for the per-address cap: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 host is usually given a whole /64, so counting single IPv6 addresses would
+    let it open as many connections as it likes.
+    """
+    if ip is None or ":" not in ip:
+        return ip or "-"
+    try:
+        address = ipaddress.IPv6Address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if address.ipv4_mapped is not None:  # a dual-stack socket's IPv4 client
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+class Admission:
+    """Connections open now, in total and per client address, over every line listener."""
+
+    def __init__(self, max_total: int, max_per_client: int) -> None:
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+        self.total = 0
+        self.per_client: dict[str, int] = {}
+
+    def admit(self, client: str) -> bytes | None:
+        """None when the connection may stay (and is counted); else the refusal to send."""
+        if self.total >= self.max_total:
+            return OVERLOADED
+        held = self.per_client.get(client, 0)
+        if 0 < self.max_per_client <= held:
+            return OVERLOADED_BY_YOU
+        self.total += 1
+        self.per_client[client] = held + 1
+        return None
+
+    def release(self, client: str) -> None:
+        self.total -= 1
+        held = self.per_client.pop(client, 1) - 1
+        if held > 0:
+            self.per_client[client] = held
 
 
 class _Slot:
@@ -141,6 +190,7 @@ class LineConnection(asyncio.Protocol):
         self.outq: deque[bytes | _Slot] = deque()
         self.transport: asyncio.Transport | None = None
         self.ip: str | None = None
+        self.client: str | None = None  # set once admitted: counted in server.admission
         self.answered = 0
         self.closing = False
         self.reading_paused = False
@@ -151,22 +201,25 @@ class LineConnection(asyncio.Protocol):
     # -- asyncio callbacks --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        # uvloop's transports are not subclasses of asyncio.Transport, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
         server = self.server
         server.connections.add(self)
-        if len(server.connections) > self.settings.max_connections:
-            transport.write(OVERLOADED)
-            server.count("overload", 503)
-            self._close()
-            return
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else None
         self.last_activity = server.loop.time()
+        client = client_key(self.ip)
+        refusal = server.admission.admit(client)
+        if refusal is not None:
+            self.transport.write(refusal)
+            server.count("overload", 503)
+            self._close()
+            return
+        self.client = client
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.last_activity = self.server.loop.time()
         for line in self.framer.feed(data):
             self._request(line)
         if self.framer.overflowed:
@@ -191,6 +244,9 @@ class LineConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self.client is not None:
+            self.server.admission.release(self.client)
+            self.client = None
         if self.pause_timer is not None:
             self.pause_timer.cancel()
         self.transport = None
@@ -216,6 +272,9 @@ class LineConnection(asyncio.Protocol):
             return
         if request is None:
             return
+        # Only a request counts as activity: blank lines or bytes that never make a valid
+        # request do not keep a connection past --idle-timeout.
+        self.last_activity = self.server.loop.time()
         self.answered += 1
         if self.answered >= self.settings.max_requests_per_connection:
             self.closing = True
@@ -270,7 +329,7 @@ class LineConnection(asyncio.Protocol):
             self._flush()
 
     def idle_since(self, now: float) -> float:
-        """Seconds without a byte from the client, or 0 while answers are still owed."""
+        """Seconds since the client's last request, or 0 while answers are still owed."""
         return 0.0 if self.outq else now - self.last_activity
 
     def _close(self) -> None:
@@ -280,15 +339,30 @@ class LineConnection(asyncio.Protocol):
 
 
 class LineServer:
+    """One listener of the line API: plain TCP, or TLS when given an SSL context.
+
+    Listeners of one process share an :class:`Admission`, so the connection caps hold
+    over plain and TLS connections together.
+    """
+
     def __init__(
         self,
         settings: LineServerSettings,
         dispatcher: Dispatcher,
         on_response: Callable[[str, int], None] | None = None,
+        *,
+        admission: Admission | None = None,
+        tls: ssl.SSLContext | None = None,
+        host: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
         self.on_response = on_response
+        self.admission = admission or Admission(settings.max_connections, settings.max_connections_per_ip)
+        self.tls = tls
+        self.host = settings.host if host is None else host
+        self.port = settings.port if port is None else port
         self.connections: set[LineConnection] = set()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -301,11 +375,27 @@ class LineServer:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._server = await self.loop.create_server(
-            lambda: LineConnection(self), self.settings.host, self.settings.port, backlog=4096
+            lambda: LineConnection(self),
+            self.host,
+            self.port,
+            backlog=4096,
+            ssl=self.tls,
+            # A client that never finishes its handshake is not yet a connection (no cap
+            # counts it): it must not hold a socket for long.
+            ssl_handshake_timeout=10.0 if self.tls is not None else None,
         )
-        names = ", ".join(str(s.getsockname()[:2]) for s in self._server.sockets)
-        log.info("line API listening on %s", names)
+        log.info("line API%s listening on %s", " over TLS" if self.tls else "", ", ".join(self.addresses))
         self._sweep()
+
+    @property
+    def addresses(self) -> list[str]:
+        """HOST:PORT of each listening socket ([HOST]:PORT for IPv6)."""
+        assert self._server is not None
+        out = []
+        for sock in self._server.sockets:
+            host, port = sock.getsockname()[:2]
+            out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return out
 
     def _sweep(self) -> None:
         """Close idle connections. One timer for all: a timer per connection costs throughput."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
+import resource
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -14,11 +17,12 @@ import uvicorn
 
 from keychest.config import Settings
 from keychest.servers.dispatch import Dispatcher
+from keychest.servers.http import bind, http_server
 from keychest.servers.line import LineServer, WriteBatcher
 from keychest.servers.mailer import MAILER_PARTS
 from keychest.servers.scheduler import ScanScheduler
+from keychest.service.errors import StorageUnavailable
 from keychest.service.facade import Keychest
-from keychest.store.db import Database, upgrade
 from keychest.web import metrics
 from keychest.web.app import create_app
 
@@ -43,9 +47,16 @@ async def run_checkpointer(service: Keychest) -> None:
     while True:
         await asyncio.sleep(1.0)
         try:
-            await asyncio.to_thread(service.db.checkpoint)
+            await asyncio.to_thread(service.checkpoint)
         except Exception as exc:  # busy or locked: the next round catches up
             log.debug("checkpoint skipped: %s", exc)
+
+
+def _start(part: Part, service: Keychest) -> asyncio.Task[None]:
+    async def run() -> None:
+        await part(service)
+
+    return asyncio.create_task(run(), name=getattr(part, "__name__", "part"))
 
 
 def mailer_parts() -> list[Part]:
@@ -61,67 +72,134 @@ def parts_for(role: str) -> list[Part]:
     return {"scanner": scanner, "mailer": mailer_parts()}.get(role, [])
 
 
+class StartupError(Exception):
+    """The process cannot start; the message is the one line to show (no traceback)."""
+
+
+def _listen_failure(host: str, port: int, flag: str, exc: OSError) -> StartupError:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        reason = "the address is already in use (another keychest, or another program?)"
+    return StartupError(f"cannot listen on {where} ({flag}): {reason}")
+
+
+def _tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}") from None
+    return context
+
+
 @dataclass
 class Process:
     settings: Settings
     extra_parts: list[Part] = field(default_factory=list)
 
     async def run(self) -> None:
-        db = Database(self.settings.db_url, sqlite_autocheckpoint=False)
-        upgrade(db)
-        service = Keychest(db, self.settings)
-        if db.is_sqlite:
-            self.extra_parts.append(run_checkpointer)
-        if self.settings.role not in ("all", "api"):
-            await self._run_background(service, parts_for(self.settings.role) + self.extra_parts)
-            db.dispose()
-            return
+        try:
+            service = Keychest.open(self.settings)
+        except StorageUnavailable as exc:
+            raise StartupError(exc.text) from None
+        try:
+            if service.is_sqlite:
+                self.extra_parts.append(run_checkpointer)
+            if self.settings.role not in ("all", "api"):
+                await self._run_background(service, parts_for(self.settings.role) + self.extra_parts)
+            else:
+                await self._run_api(service)
+        finally:
+            service.close()
+
+    async def _run_api(self, service: Keychest) -> None:
+        settings = self.settings
         batcher = WriteBatcher(service)
         batcher.start()
         dispatcher = Dispatcher(service, batcher.submit)
-        line = LineServer(self.settings.line, dispatcher)
-        line.on_response = metrics.observe_line
-        await line.start()
-        app = create_app(service)
-        http = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=self.settings.http_host,
-                port=self.settings.http_port,
-                log_level="warning",
-                lifespan="off",
+        lines = [LineServer(settings.line, dispatcher, metrics.observe_line)]
+        if settings.line.tls_listen is not None:
+            assert settings.line.tls_cert is not None and settings.line.tls_key is not None
+            host, port = settings.line.tls_listen
+            lines.append(
+                LineServer(
+                    settings.line,
+                    dispatcher,
+                    metrics.observe_line,
+                    admission=lines[0].admission,
+                    tls=_tls_context(settings.line.tls_cert, settings.line.tls_key),
+                    host=host,
+                    port=port,
+                )
             )
-        )
-        http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        http: uvicorn.Server | None = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            # Every listener is bound before anything is announced: a port in use is one
+            # clear line and a non-zero exit, never a half-started server.
+            for line, flag in zip(lines, ("--line-listen", "--line-tls-listen"), strict=False):
+                try:
+                    await line.start()
+                except OSError as exc:
+                    raise _listen_failure(line.host, line.port, flag, exc) from None
+            try:
+                sock = bind(settings.http_host, settings.http_port)
+            except OSError as exc:
+                raise _listen_failure(settings.http_host, settings.http_port, "--http-listen", exc) from None
+            http = http_server(create_app(service), settings)
+            tasks.append(asyncio.create_task(http.serve(sockets=[sock]), name="http"))
+            while not http.started:
+                if tasks[0].done():
+                    raise StartupError(f"the HTTP server did not start: {tasks[0].exception()!r}")
+                await asyncio.sleep(0.01)
+            await self._serve(service, lines, http, tasks)
+        finally:
+            for line in lines:
+                await line.stop()
+            if http is not None:
+                http.should_exit = True
+            for task in tasks:
+                if task.get_name() != "http":
+                    task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+            await batcher.stop()
+
+    async def _serve(
+        self,
+        service: Keychest,
+        lines: list[LineServer],
+        http: uvicorn.Server,
+        tasks: list[asyncio.Task[None]],
+    ) -> None:
+        settings = self.settings
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        tasks = [asyncio.create_task(http.serve(), name="http")]
-        background = (parts_for(self.settings.role) if self.settings.role == "all" else []) + self.extra_parts
-        tasks += [
-            asyncio.create_task(part(service), name=getattr(part, "__name__", "part")) for part in background
-        ]
+        background = (parts_for(settings.role) if settings.role == "all" else []) + self.extra_parts
+        tasks += [_start(part, service) for part in background]
         # Everything loaded so far lives as long as the process: keep the collector off it, or
         # its full passes over SQLAlchemy's and FastAPI's objects show up as latency spikes.
         gc.collect()
         gc.freeze()
-        log.info("keychest serving; database %s", db.engine.url.render_as_string(hide_password=True))
+        http_host = f"[{settings.http_host}]" if ":" in settings.http_host else settings.http_host
+        listening = [f"line API on {', '.join(lines[0].addresses)}"]
+        if len(lines) > 1:
+            listening.append(f"line API over TLS on {', '.join(lines[1].addresses)}")
+        listening.append(
+            f"dashboard and REST on http://{http_host}:{settings.http_port}/ (API docs at /docs)"
+        )
+        log.info("keychest serving: %s; database %s", "; ".join(listening), service.describe_database())
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task is not stopper and task.exception() is not None:
                 log.error("%s failed: %r", task.get_name(), task.exception())
+        stopper.cancel()
         log.info("stopping")
-        await line.stop()
-        http.should_exit = True
-        for task in tasks:
-            if task.get_name() != "http":
-                task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
-        await batcher.stop()
-        db.dispose()
 
     async def _run_background(self, service: Keychest, parts: list[Part]) -> None:
         """A scanner or mailer process: no listeners, only its background work."""
@@ -129,7 +207,7 @@ class Process:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        tasks = [asyncio.create_task(part(service), name=getattr(part, "__name__", "part")) for part in parts]
+        tasks = [_start(part, service) for part in parts]
         log.info("keychest %s running", self.settings.role)
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -138,7 +216,18 @@ class Process:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def raise_open_files_limit() -> None:
+    """Every connection is a file: take the hard limit, not the 1024 many systems start with."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def run_process(process: Process) -> None:
+    """Run until SIGTERM/SIGINT. Raises StartupError when the process cannot start."""
+    raise_open_files_limit()
     try:
         import uvloop
     except ImportError:  # uvloop is optional: the standard loop works, only slower

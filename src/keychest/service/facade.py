@@ -8,6 +8,7 @@ uses it for group commit, so that a durable ``ok`` costs one fsync per batch, no
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from keychest.config import Settings
 from keychest.service.bulk import BULK_VARIANTS
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError, StorageUnavailable
-from keychest.store.db import Database, DatabaseFileGone
+from keychest.store.db import Database, DatabaseFileGone, upgrade
 
 T = TypeVar("T")
 
@@ -40,6 +41,20 @@ def storage_errors() -> Iterator[None]:
         raise StorageUnavailable(UNAVAILABLE_TEXT, retry=True) from exc
 
 
+def _open_failure(db: Database, exc: BaseException) -> str:
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    path = db.sqlite_path
+    if path is not None:
+        folder = os.path.dirname(path) or "."
+        if not os.access(folder, os.W_OK):
+            return (
+                f"cannot open the database {path}: the folder {folder} is not writable "
+                "(keychest keeps keychest.db and its -wal and -shm files there; see --data-dir)"
+            )
+        return f"cannot open the database {path}: {reason}"
+    return f"cannot open the database {db.engine.url.render_as_string(hide_password=True)}: {reason}"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -56,6 +71,37 @@ class Keychest:
         self.db = db
         self.settings = settings
         self.clock = clock
+
+    @classmethod
+    def open(cls, settings: Settings) -> Keychest:
+        """The service of a long-running process: schema created or upgraded, WAL folded by
+        :meth:`checkpoint` instead of on the request path.
+
+        Raises StorageUnavailable with one line a person can act on when the database cannot
+        be opened or written (a read-only data directory, a PostgreSQL that refuses us).
+        """
+        db = Database(settings.db_url, sqlite_autocheckpoint=False)
+        try:
+            upgrade(db)
+        except (OperationalError, InterfaceError, OSError) as exc:
+            db.dispose()
+            raise StorageUnavailable(_open_failure(db, exc), retry=False) from exc
+        return cls(db, settings)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db.is_sqlite
+
+    def describe_database(self) -> str:
+        return self.db.engine.url.render_as_string(hide_password=True)
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the WAL back into the database file (see Database.checkpoint)."""
+        with storage_errors():
+            self.db.checkpoint()
+
+    def close(self) -> None:
+        self.db.dispose()
 
     def call(self, fn: Callable[..., T], *args: Any, ip: str | None = None, **kwargs: Any) -> T:
         with storage_errors(), self.db.write() as session:
