@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # keychest-hook.sh - certbot hook: put the domains certbot issued or renewed under
-# keychest certificate monitoring. Needs only bash, coreutils, grep and sed; it
-# talks to the keychest line API (TCP, default port 10023) through /dev/tcp.
+# keychest certificate monitoring. Needs only bash, coreutils, grep and sed; it talks to
+# the keychest line API (TCP, default port 10023) through /dev/tcp, or over TLS through
+# `openssl s_client` when KEYCHEST_TLS=1.
 #
 # Use it as any of (certbot 2.x and 5.x):
 #   /etc/letsencrypt/renewal-hooks/post/keychest-hook.sh     (post: every lineage of the run)
@@ -15,12 +16,20 @@
 # at the server's mail domain), then: `command apikey` once, `command claim`, and
 # `command add` per domain. State (API key, claim) lives in renewal-hooks/keychest_apikey
 # (mode 600); undelivered domains wait in renewal-hooks/keychest_spool for the next run.
-# It never fails certbot: it always exits 0 and gives up on the network within ~10 s.
+# It never fails certbot: it exits 0 and the whole run is bounded (KEYCHEST_TIME_BUDGET + 3 s).
+# It runs as root and trusts nothing it reads: see docs/hook.md, "What it defends".
 
-# ---- settings: `keychest hook install` fills in the first three; KEYCHEST_* variables override all
+# ---- settings: `keychest hook install` fills these in; KEYCHEST_* variables override all
 KEYCHEST_SERVER=${KEYCHEST_SERVER:-keychest.example.net}
 KEYCHEST_PORT=${KEYCHEST_PORT:-10023}
 KEYCHEST_EMAIL=${KEYCHEST_EMAIL:-}
+KEYCHEST_TLS=${KEYCHEST_TLS:-0}
+KEYCHEST_PIN=${KEYCHEST_PIN:-}
+KEYCHEST_CA_FILE=${KEYCHEST_CA_FILE:-}
+# KEYCHEST_TLS=1: the line API over TLS (`keychest serve --line-tls-listen`), through openssl;
+# the server is known by KEYCHEST_PIN=sha256//<base64 SHA-256 of its public key> (a pin
+# implies TLS), else by its certificate for KEYCHEST_SERVER issued by KEYCHEST_CA_FILE (a CA
+# file implies TLS), else by the system's CAs. Without TLS: plain TCP (trusted networks only).
 KEYCHEST_STATE_FILE=${KEYCHEST_STATE_FILE:-}        # default: <certbot config>/renewal-hooks/keychest_apikey
 KEYCHEST_LOG=${KEYCHEST_LOG:-}                      # default: <certbot logs dir>/keychest-hook.log
 KEYCHEST_CERTBOT_DIR=${KEYCHEST_CERTBOT_DIR:-}      # certbot --config-dir; found from certbot when empty
@@ -32,16 +41,31 @@ KEYCHEST_QUIET=${KEYCHEST_QUIET:-0}                 # 1: log to the log file onl
 # ---- end of settings
 
 # No `set -e`/`-u`: an unexpected failure must never turn into a non-zero exit for certbot.
+umask 077        # every file the hook makes (state, spool, log, temp files) is root's alone
+export LC_ALL=C  # byte semantics: [^ -~] below means "not printable ASCII", whatever the locale
+set -f           # no file-name globbing: a wildcard "*.example.com" from certbot stays text
 MODE=start
 LOG_FILE=""
 WORK=""
+NET_OK=1
 declare -a DOMAINS=()
 declare -A SEEN=()
+KEY_SHAPE='^[0-9a-f]{8}(-[0-9a-f]{8}){4}$'   # what `command apikey` hands out, exactly
+STORED_KEY_SHAPE='^[A-Za-z0-9-]{16,64}$'      # what the server accepts (a key written by hand)
+MAX_DOMAINS=1000                              # per run, spool included
+MAX_FILE=65536                                # bytes read of a state, spool, email, conf or cert file
 
-log() {
+clean() {  # clean TEXT [MAX]: CLEAN = TEXT with every byte but printable ASCII shown as '?', cut to MAX
+  local max=${2:-300}
+  CLEAN=${1//[^ -~]/?}
+  ((${#CLEAN} <= max)) || CLEAN="${CLEAN:0:max}..."
+}
+
+log() {  # server text and file contents reach certbot's output and the log only through here
   local line
-  printf -v line '%(%Y-%m-%dT%H:%M:%S%z)T keychest-hook[%s] %s: %s' -1 "$$" "$MODE" "$*"
-  [[ $KEYCHEST_QUIET == 1 ]] || printf '%s\n' "$line" >&2
+  clean "$*" 600
+  printf -v line '%(%Y-%m-%dT%H:%M:%S%z)T keychest-hook[%s] %s: %s' -1 "$$" "$MODE" "$CLEAN"
+  [[ $KEYCHEST_QUIET == 1 && -n $LOG_FILE ]] || printf '%s\n' "$line" >&2
   [[ -n $LOG_FILE ]] && printf '%s\n' "$line" >>"$LOG_FILE" 2>/dev/null
   return 0
 }
@@ -51,21 +75,118 @@ now_ms() {  # NOW_MS = wall clock in ms, without forking (bash 5 EPOCHREALTIME; 
   NOW_MS=$(( ${t:-$((SECONDS * 1000000))} / 1000 ))
 }
 
-# shellcheck disable=SC2317  # run by the EXIT trap
-finish() {
-  [[ -n $WORK && -d $WORK ]] && rm -rf -- "$WORK"
-  exit 0   # whatever happened, certbot sees success
+# ---------------------------------------------------------------- settings
+
+whole_number() {  # whole_number NAME DEFAULT MIN MAX: NAME's value if a whole number in range, else DEFAULT
+  local -n value=$1
+  # checked before any arithmetic: bash evaluates `a[$(cmd)]` inside $((...))
+  if [[ $value =~ ^[0-9]{1,5}$ ]] && ((10#$value >= $3 && 10#$value <= $4)); then
+    value=$((10#$value))
+  else
+    log "setting $1='$value' is not a whole number from $3 to $4; using $2"
+    value=$2
+  fi
+}
+
+check_settings() {
+  whole_number KEYCHEST_PORT 10023 1 65535
+  whole_number KEYCHEST_CONNECT_TIMEOUT 4 1 60
+  whole_number KEYCHEST_READ_TIMEOUT 4 1 60
+  whole_number KEYCHEST_TIME_BUDGET 10 1 300
+  [[ $KEYCHEST_QUIET == 1 ]] || KEYCHEST_QUIET=0
+  if ! [[ $KEYCHEST_SERVER =~ ^([A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$ ]]; then
+    log "setting KEYCHEST_SERVER='$KEYCHEST_SERVER' is not a host name or address; nothing will be sent"
+    NET_OK=0
+  fi
+  # anything but 0/empty means TLS: a typo must not fall back to plain text
+  if [[ -n $KEYCHEST_PIN || -n $KEYCHEST_CA_FILE || ( -n $KEYCHEST_TLS && $KEYCHEST_TLS != 0 ) ]]; then
+    KEYCHEST_TLS=1
+  else
+    KEYCHEST_TLS=0
+  fi
+  if ((KEYCHEST_TLS)); then
+    if ! command -v openssl >/dev/null 2>&1; then
+      log "KEYCHEST_TLS=1 needs openssl, which is not installed; nothing will be sent"; NET_OK=0
+    fi
+    if [[ -n $KEYCHEST_PIN && ! $KEYCHEST_PIN =~ ^sha256//[A-Za-z0-9+/]{43}=$ ]]; then
+      log "setting KEYCHEST_PIN='$KEYCHEST_PIN' is not sha256//<44 base64 characters>; nothing will be sent"; NET_OK=0
+    fi
+    if [[ -n $KEYCHEST_CA_FILE && ! ( -f $KEYCHEST_CA_FILE && -r $KEYCHEST_CA_FILE ) ]]; then
+      log "setting KEYCHEST_CA_FILE='$KEYCHEST_CA_FILE' is not a readable file; nothing will be sent"; NET_OK=0
+    fi
+  fi
+  SERVER_ID=$KEYCHEST_SERVER:$KEYCHEST_PORT
+}
+
+# ---------------------------------------------------------------- files
+
+# The hook runs as root. A file it reads or writes must be out of other users' reach, or
+# they could feed it text, or turn its writes elsewhere through a symlink, or hang it on a
+# FIFO. "Ours": owned by the hook's user (root) and writable by nobody else.
+ours() {  # ours PATH [-L]: PATH (with -L: what it points to) is ours
+  local s
+  s=$(stat ${2:+"$2"} -c '%u %a' -- "$1" 2>/dev/null) || return 1
+  [[ ${s%% *} == "$EUID" ]] && ! ((8#${s#* } & 8#022))
+}
+
+safe_dir() { [[ -d $1 ]] && ours "$1" -L; }
+
+parent_of() {  # PARENT = the folder of PATH
+  PARENT=${1%/*}
+  [[ $1 == */* ]] || PARENT=.
+  [[ -n $PARENT ]] || PARENT=/
+}
+
+# One of the hook's own files: absent, or a regular file (not a symlink) of ours; in a
+# folder of ours either way, so that nobody can swap it between the check and the use.
+safe_file() {
+  parent_of "$1"
+  safe_dir "$PARENT" || return 1
+  [[ -e $1 || -L $1 ]] || return 0
+  [[ -f $1 && ! -L $1 ]] && ours "$1"
+}
+
+read_capped() { head -c "$MAX_FILE" -- "$1" 2>/dev/null; }
+
+write_file() {  # write_file FILE LINES...: through a private temp file beside FILE, renamed over it
+  local tmp
+  parent_of "$1"
+  if tmp=$(mktemp -- "$PARENT/.${1##*/}.XXXXXX" 2>/dev/null); then
+    printf '%s\n' "${@:2}" >"$tmp" 2>/dev/null && mv -fT -- "$tmp" "$1" 2>/dev/null && return 0
+    rm -f -- "$tmp"
+  fi
+  log "cannot write $1"; return 1
+}
+
+write_list() {  # write_list FILE ITEMS...: an empty list removes FILE
+  if (($# == 1)); then rm -f -- "$1"; return 0; fi
+  write_file "$@"
 }
 
 # ---------------------------------------------------------------- where certbot keeps things
 
+uid_ok() { [[ $1 == 0 || $1 == "$EUID" ]]; }
+
+trusted_process() {  # trusted_process PID: runs as root (or as the hook's user), really and effectively
+  local line
+  while IFS= read -r line; do
+    if [[ $line =~ ^Uid:[[:space:]]+([0-9]+)[[:space:]]+([0-9]+) ]]; then
+      uid_ok "${BASH_REMATCH[1]}" && uid_ok "${BASH_REMATCH[2]}"
+      return
+    fi
+  done <"/proc/$1/status"
+  return 1
+}
+
 # certbot's own command line (the hook's parent, or its grandparent when certbot ran the
 # hook through a shell) is the surest source of a non-default --config-dir/--logs-dir.
+# Only a process of root's counts: another user's "certbot" could name any folder.
 CB_ARG_CONFIG="" CB_ARG_LOGS=""
 read_certbot_cmdline() {
   local pid=$PPID i j stat cwd args=() a
   for ((i = 0; i < 4 && pid > 1; i++)); do
     [[ -r /proc/$pid/cmdline ]] || return 0
+    trusted_process "$pid" 2>/dev/null || return 0
     mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null
     if [[ ${args[0]##*/} == certbot* || ${args[1]:-} == */certbot || ${args[1]:-} == certbot ]]; then
       cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null)
@@ -85,15 +206,28 @@ read_certbot_cmdline() {
     stat=$(<"/proc/$pid/stat") || return 0
     stat=${stat##*) }          # past "pid (comm) ", comm may hold spaces
     read -r _ pid _ <<<"$stat"
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
   done
 }
 
+# certbot's files are read only from folders of root's: elsewhere anyone could plant them.
 conf_value() {  # conf_value FILE KEY: a "key = value" line of a certbot renewal conf
-  [[ -r $1 ]] || return 0
-  sed -n "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*//p" "$1" | head -n 1
+  [[ -f $1 && -r $1 ]] || return 0
+  read_capped "$1" | sed -n "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*//p" | head -n 1
+}
+
+list_confs() {  # CONFS = certbot's renewal configurations (globbing only here)
+  CONFS=()
+  ((RENEWAL_OK)) || return 0
+  set +f
+  shopt -s nullglob
+  CONFS=("$CONFIG"/renewal/*.conf)
+  shopt -u nullglob
+  set -f
 }
 
 find_dirs() {
+  local conf="" c want
   SELF_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" 2>/dev/null && pwd)
   read_certbot_cmdline
   CONFIG=${KEYCHEST_CERTBOT_DIR:-$CB_ARG_CONFIG}
@@ -104,21 +238,32 @@ find_dirs() {
   fi
   [[ -z $CONFIG && ${RENEWED_LINEAGE:-} == */live/* ]] && CONFIG=${RENEWED_LINEAGE%/live/*}
   CONFIG=${CONFIG:-/etc/letsencrypt}
+  RENEWAL_OK=0
+  if [[ -d $CONFIG/renewal ]]; then
+    if safe_dir "$CONFIG/renewal"; then RENEWAL_OK=1
+    else log "not reading $CONFIG/renewal: another user could write there"; fi
+  fi
 
   # certbot writes logs_dir into every renewal conf; the renewed lineage's is the best guess
-  local conf=""
-  [[ -n ${RENEWED_LINEAGE:-} ]] && conf="$CONFIG/renewal/${RENEWED_LINEAGE##*/}.conf"
-  if [[ ! -r $conf ]]; then
-    local c
-    for c in "$CONFIG"/renewal/*.conf; do [[ -r $c && ( ! -r $conf || $c -nt $conf ) ]] && conf=$c; done
+  [[ -n ${RENEWED_LINEAGE:-} && $RENEWAL_OK == 1 ]] && conf="$CONFIG/renewal/${RENEWED_LINEAGE##*/}.conf"
+  if [[ ! -f $conf ]]; then
+    conf=""
+    list_confs
+    for c in "${CONFS[@]}"; do [[ -f $c && ( -z $conf || $c -nt $conf ) ]] && conf=$c; done
   fi
   LOGS=${KEYCHEST_CERTBOT_LOGS:-${CB_ARG_LOGS:-$(conf_value "$conf" logs_dir)}}
   LOGS=${LOGS:-/var/log/letsencrypt}
   ACCOUNT_ID=$(conf_value "$conf" account)
+  [[ $ACCOUNT_ID =~ ^[A-Za-z0-9_-]{1,64}$ ]] || ACCOUNT_ID=""
+  LOGS_OK=0
+  if [[ -d $LOGS ]]; then
+    if safe_dir "$LOGS"; then LOGS_OK=1
+    else log "not reading certbot's logs in $LOGS: another user could write there"; fi
+  fi
 
   if [[ -n $KEYCHEST_STATE_FILE ]]; then
     STATE_FILE=$KEYCHEST_STATE_FILE
-    STATE_DIR=$(dirname -- "$STATE_FILE")
+    parent_of "$STATE_FILE"; STATE_DIR=$PARENT
   else
     case $SELF_DIR in
       */renewal-hooks/*) STATE_DIR=${SELF_DIR%/*} ;;   # "beside the hooks"
@@ -129,9 +274,15 @@ find_dirs() {
   SPOOL_FILE=$STATE_DIR/keychest_spool
   mkdir -p -- "$STATE_DIR" 2>/dev/null
 
-  if [[ -n $KEYCHEST_LOG ]]; then LOG_FILE=$KEYCHEST_LOG
-  elif [[ -d $LOGS && -w $LOGS ]]; then LOG_FILE=$LOGS/keychest-hook.log
-  else LOG_FILE=$STATE_DIR/keychest-hook.log
+  if [[ -n $KEYCHEST_LOG ]]; then want=$KEYCHEST_LOG
+  elif ((LOGS_OK)); then want=$LOGS/keychest-hook.log
+  else want=$STATE_DIR/keychest-hook.log
+  fi
+  if safe_file "$want"; then
+    LOG_FILE=$want
+    printf '%s' "$LOG_FILE" >"$WORK/log_file"
+  else
+    log "not logging to $want: not a regular file of root's in a folder only root can write (stderr only)"
   fi
 }
 
@@ -141,9 +292,12 @@ extract_run() {
   RUN_LOG=$WORK/run.log
   : >"$RUN_LOG"
   local f=$LOGS/letsencrypt.log n
-  [[ -r $f ]] || return 0
-  n=$(tac -- "$f" | grep -m 1 -n -F 'certbot version:' | cut -d: -f1)
-  [[ -n $n ]] && tail -n "$n" -- "$f" >"$RUN_LOG"
+  ((LOGS_OK)) && [[ -f $f && -r $f ]] || return 0
+  # the last 16 MiB hold any one run; a decade of appended runs is not read whole
+  tail -c 16777216 -- "$f" >"$WORK/tail.log" 2>/dev/null
+  n=$(tac -- "$WORK/tail.log" | grep -m 1 -n -F 'certbot version:' | cut -d: -f1)
+  [[ $n =~ ^[0-9]+$ ]] && tail -n "$n" -- "$WORK/tail.log" >"$RUN_LOG"
+  rm -f -- "$WORK/tail.log"
 }
 
 detect_mode() {
@@ -178,10 +332,21 @@ add_domain() {  # add_domain NAME [SOURCE]: normalise, skip what cannot be monit
     [[ -n ${SEEN[$d]:-} ]] || log "skip $d: a wildcard names no host to scan"
     SEEN[$d]=skip; return 0
   fi
-  [[ $d =~ ^[a-z0-9_]([a-z0-9_.-]*[a-z0-9])?(:[0-9]{1,5})?$ ]] || { log "skip '$1': not a domain name"; return 0; }
+  [[ $d =~ ^[a-z0-9_]([a-z0-9_.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?$ ]] || { log "skip '$1': not a domain name"; return 0; }
   [[ -n ${SEEN[$d]:-} ]] && return 0
+  if ((${#DOMAINS[@]} >= MAX_DOMAINS)); then
+    [[ -n ${SEEN[" full"]:-} ]] || log "more than $MAX_DOMAINS domains: the rest is left out of this run"
+    SEEN[" full"]=1; return 0
+  fi
   SEEN[$d]=${2:-1}
   DOMAINS+=("$d")
+}
+
+add_domain_list() {  # add_domain_list "A B C": split on blanks without globbing
+  local -a names=()
+  local d
+  read -r -a names <<<"${1:-}"
+  for d in "${names[@]}"; do add_domain "$d"; done
 }
 
 der_len() {  # der_len HEX: DER length at the start of HEX -> DER_LEN (bytes), DER_HDR (hex chars used)
@@ -196,10 +361,10 @@ der_len() {  # der_len HEX: DER length at the start of HEX -> DER_LEN (bytes), D
 # wrapping a SEQUENCE of GeneralNames, of which [2] (tag 82) is a dNSName.
 cert_dns_names() {
   local hex i end name esc j
-  [[ -r $1 ]] || return 0
-  hex=$(sed -n '/-BEGIN CERTIFICATE-/,/-END CERTIFICATE-/{/-END CERTIFICATE-/q;/-BEGIN/!p}' "$1" |
+  [[ -f $1 && -r $1 ]] || return 0
+  hex=$(read_capped "$1" | sed -n '/-BEGIN CERTIFICATE-/,/-END CERTIFICATE-/{/-END CERTIFICATE-/q;/-BEGIN/!p}' |
     base64 -d 2>/dev/null | od -An -v -tx1 | tr -d ' \n')
-  [[ $hex == *0603551d11* ]] || return 0
+  [[ $hex =~ ^[0-9a-f]*$ && $hex == *0603551d11* ]] || return 0
   hex=${hex#*0603551d11}
   [[ $hex == 0101* ]] && hex=${hex:6}
   [[ $hex == 04* ]] || return 0
@@ -219,8 +384,9 @@ cert_dns_names() {
 
 add_cert_names() {  # add_cert_names LINEAGE-NAME
   local conf=$CONFIG/renewal/$1.conf cert d
+  ((RENEWAL_OK)) || return 0
   cert=$(conf_value "$conf" cert)
-  [[ -r $cert ]] || cert=$CONFIG/live/$1/cert.pem
+  [[ -f $cert ]] || cert=$CONFIG/live/$1/cert.pem
   while IFS= read -r d; do add_domain "$d" cert; done < <(cert_dns_names "$cert")
 }
 
@@ -258,7 +424,7 @@ collect_from_log() {
       read -r first and second more _ <<<"$rest"
       L_ACTIVE=1; L_EXPECT=1
       [[ -n $first ]] && lin_add "$first" && L_NAME=${L_NAME:-$first}   # a new lineage's default name
-      if [[ $and == and && $more == more && $second =~ ^[0-9]+$ ]]; then L_EXPECT=$((second + 1))
+      if [[ $and == and && $more == more && $second =~ ^[0-9]{1,4}$ ]]; then L_EXPECT=$((10#$second + 1))
       elif [[ $and == and && -n $second ]]; then lin_add "$second"; L_EXPECT=2
       fi
     elif [[ $line =~ $re_chal ]]; then
@@ -282,24 +448,30 @@ collect_from_log() {
 
 collect_all_lineages() {  # "all": every certificate certbot manages
   local conf
-  for conf in "$CONFIG"/renewal/*.conf; do
-    [[ -r $conf ]] || continue
+  if [[ ! -d $CONFIG/renewal ]]; then
+    log "no renewal folder $CONFIG/renewal: certbot manages no certificate there (KEYCHEST_CERTBOT_DIR names certbot's --config-dir)"
+    return 0
+  fi
+  list_confs
+  ((${#CONFS[@]})) || { log "no certificate in $CONFIG/renewal (no *.conf)"; return 0; }
+  for conf in "${CONFS[@]}"; do
+    [[ -f $conf ]] || continue
     conf=${conf##*/}; add_cert_names "${conf%.conf}"
   done
 }
 
 collect_domains() {
-  local d
   case $MODE in
     deploy)
-      for d in ${RENEWED_DOMAINS:-}; do add_domain "$d"; done
+      add_domain_list "${RENEWED_DOMAINS:-}"
       if ((${#DOMAINS[@]} == 0)) && [[ -n ${RENEWED_LINEAGE:-} ]]; then add_cert_names "${RENEWED_LINEAGE##*/}"; fi
       ((${#DOMAINS[@]})) || collect_from_log
       ;;
     post)
       # certbot 5 hands a post hook every renewed (and failed) name; certbot 2 only the
       # last lineage's. The log of the run covers both, and first issuance too.
-      for d in ${RENEWED_DOMAINS:-} ${FAILED_DOMAINS:-}; do add_domain "$d"; done
+      add_domain_list "${RENEWED_DOMAINS:-}"
+      add_domain_list "${FAILED_DOMAINS:-}"
       collect_from_log
       ;;
     all) collect_all_lineages ;;
@@ -308,17 +480,18 @@ collect_domains() {
 
 # ---------------------------------------------------------------- which email
 
-valid_email() { [[ $1 =~ ^[^[:space:]@\"\'\<\>,\;]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$ ]]; }
+valid_email() { ((${#1} <= 254)) && [[ $1 =~ ^[^[:space:]@\"\'\<\>,\;\\\`\$]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$ ]]; }
 
 # Log files newest first: letsencrypt.log, then the rotated .1 .2 ... (certbot rotates on
 # every run unless max-log-backups = 0); capped so that a huge history stays quick.
 log_files_newest_first() {
   local f i=1
-  [[ -r $LOGS/letsencrypt.log ]] && printf '%s\n' "$LOGS/letsencrypt.log"
+  ((LOGS_OK)) || return 0
+  [[ -f $LOGS/letsencrypt.log && -r $LOGS/letsencrypt.log ]] && printf '%s\n' "$LOGS/letsencrypt.log"
   while ((i <= 300)); do
     f=$LOGS/letsencrypt.log.$i
     [[ -e $f ]] || break
-    [[ -r $f ]] && printf '%s\n' "$f"
+    [[ -f $f && -r $f ]] && printf '%s\n' "$f"
     i=$((i + 1))
   done
 }
@@ -328,13 +501,13 @@ find_email() {
   EMAIL="" EMAIL_SOURCE=""
   if [[ -n $KEYCHEST_EMAIL ]]; then EMAIL=$KEYCHEST_EMAIL EMAIL_SOURCE=setting; fi
   # older certbot keeps the ACME account's contact in regr.json; prefer the lineage's account
-  if [[ -z $EMAIL && -d $CONFIG/accounts ]]; then
-    mapfile -t files < <(grep -rl --include=regr.json 'mailto:' "$CONFIG/accounts" 2>/dev/null)
+  if [[ -z $EMAIL && -d $CONFIG/accounts ]] && safe_dir "$CONFIG/accounts"; then
+    mapfile -t files < <(grep -rl -D skip --include=regr.json 'mailto:' "$CONFIG/accounts" 2>/dev/null | head -n 100)
     for f in "${files[@]}"; do
       [[ -n $ACCOUNT_ID && $f == */"$ACCOUNT_ID"/regr.json ]] && files=("$f") && break
     done
     if ((${#files[@]})); then
-      e=$(grep -oE 'mailto:[^"]+' "${files[0]}" | head -n 1)
+      e=$(read_capped "${files[0]}" | grep -oE 'mailto:[^"]+' | head -n 1)
       EMAIL=${e#mailto:} EMAIL_SOURCE="account (${files[0]#"$CONFIG"/})"
     fi
   fi
@@ -354,9 +527,14 @@ find_email() {
       [[ -n $e ]] && { EMAIL=$e EMAIL_SOURCE="certbot arguments in ${f##*/}"; break; }
     done
   fi
-  if [[ -z $EMAIL && -r $STATE_DIR/keychest_email ]]; then
-    EMAIL=$(grep -v '^[[:space:]]*#' "$STATE_DIR/keychest_email" | grep -m 1 -oE '[^[:space:]]+')
-    EMAIL_SOURCE=${STATE_DIR##*/}/keychest_email
+  f=$STATE_DIR/keychest_email
+  if [[ -z $EMAIL && -e $f ]]; then
+    if safe_file "$f"; then
+      EMAIL=$(read_capped "$f" | grep -v '^[[:space:]]*#' | grep -m 1 -oE '[^[:space:]]+')
+      EMAIL_SOURCE=${STATE_DIR##*/}/keychest_email
+    else
+      log "ignore $f: not a regular file of root's in a folder only root can write"
+    fi
   fi
   if [[ -n $EMAIL ]] && ! valid_email "$EMAIL"; then
     log "ignore email '$EMAIL' from $EMAIL_SOURCE: not an address"; EMAIL="" EMAIL_SOURCE=""
@@ -370,12 +548,13 @@ find_email() {
 # ---------------------------------------------------------------- state and spool
 
 # keychest_apikey holds key=value lines, read without `source` (never run what a file says):
-#   server=HOST:PORT  apikey=KEY  email=ADDRESS  claim=ok|<last error status>  placeholder=ADDRESS
-# A file holding only a bare key on its first line (written by hand) works too.
+#   server=HOST:PORT  apikey=KEY  email=ADDRESS  claim=ok|<last refusal's code>  placeholder=ADDRESS
+# A file holding only a bare key on its first line (written by hand) works too. Every value
+# is checked against its shape: whatever else the file holds is dropped.
 load_state() {
   local line
   S_SERVER="" S_APIKEY="" S_EMAIL="" S_CLAIM="" S_PLACEHOLDER=""
-  [[ -r $STATE_FILE ]] || return 0
+  [[ -e $STATE_FILE ]] || return 0
   while IFS= read -r line || [[ -n $line ]]; do
     case $line in
       '#'* | '') ;;
@@ -387,8 +566,13 @@ load_state() {
       *=*) ;;
       *) [[ -z $S_APIKEY ]] && S_APIKEY=$line S_SERVER=$SERVER_ID ;;
     esac
-  done <"$STATE_FILE"
-  [[ $S_APIKEY =~ ^[A-Za-z0-9._:-]+$ ]] || S_APIKEY=""
+  done < <(read_capped "$STATE_FILE")
+  if [[ -n $S_APIKEY && ! $S_APIKEY =~ $STORED_KEY_SHAPE ]]; then
+    log "the key in $STATE_FILE is not of key shape: requesting a new key"; S_APIKEY="" S_CLAIM=""
+  fi
+  valid_email "$S_EMAIL" || S_EMAIL=""
+  valid_email "$S_PLACEHOLDER" || S_PLACEHOLDER=""
+  [[ $S_CLAIM == ok || $S_CLAIM =~ ^[0-9]{3}$ ]] || S_CLAIM=""
   # a key belongs to one server: another server means a new key and a new claim
   if [[ -n $S_SERVER && $S_SERVER != "$SERVER_ID" ]]; then
     log "state was for server $S_SERVER, now $SERVER_ID: requesting a new key"
@@ -397,45 +581,100 @@ load_state() {
 }
 
 save_state() {
-  local tmp=$STATE_FILE.tmp.$BASHPID
-  if (umask 077 && printf '%s\n' "# keychest certbot hook state; the API key is a secret: keep this file mode 600" \
-    "server=$SERVER_ID" "apikey=$S_APIKEY" "email=$S_EMAIL" "claim=$S_CLAIM" "placeholder=$S_PLACEHOLDER" \
-    >"$tmp") 2>/dev/null && chmod 600 "$tmp" && mv -f -- "$tmp" "$STATE_FILE"; then
-    return 0
-  fi
-  rm -f -- "$tmp"; log "cannot write $STATE_FILE"; return 1
-}
-
-write_list() {  # write_list FILE ITEMS...: atomically; an empty list removes FILE
-  local file=$1 tmp=$1.tmp.$BASHPID
-  shift
-  if (($# == 0)); then rm -f -- "$file"; return 0; fi
-  (umask 077 && printf '%s\n' "$@" >"$tmp") 2>/dev/null && mv -f -- "$tmp" "$file" && return 0
-  rm -f -- "$tmp"; log "cannot write $file"; return 1
+  write_file "$STATE_FILE" "# keychest certbot hook state; the API key is a secret: keep this file mode 600" \
+    "server=$SERVER_ID" "apikey=$S_APIKEY" "email=$S_EMAIL" "claim=$S_CLAIM" "placeholder=$S_PLACEHOLDER"
 }
 
 # ---------------------------------------------------------------- the line API
 
-request() {  # request LINE -> R_DATA, R_STATUS, R_CODE; fails on a closed or silent connection
+# fd 3 reads the server, fd 4 writes to it: the same socket over TCP, openssl's pipes over TLS.
+open_channel() {
+  if ((KEYCHEST_TLS)); then tls_open; return; fi
+  if ! { exec 3<>"/dev/tcp/$KEYCHEST_SERVER/$KEYCHEST_PORT"; } 2>/dev/null; then
+    log "cannot connect to $SERVER_ID"; return 1
+  fi
+  exec 4>&3
+  : >"$WORK/connected"
+}
+
+tls_open() {
+  local target=$KEYCHEST_SERVER:$KEYCHEST_PORT pin name=() trust=() opts
+  # -verify_return_error: openssl goes on after a failed verification without it
+  opts=(-quiet -no_ign_eof -nocommands -verify_return_error)
+  if [[ $KEYCHEST_SERVER == *:* ]]; then target="[$KEYCHEST_SERVER]:$KEYCHEST_PORT"; fi
+  if [[ $KEYCHEST_SERVER =~ ^[0-9.]+$|: ]]; then name=(-verify_ip "$KEYCHEST_SERVER")
+  else name=(-servername "$KEYCHEST_SERVER" -verify_hostname "$KEYCHEST_SERVER")
+  fi
+  # only the trust given here: not the system's CA folder or store as well
+  trust=(-no-CApath)
+  [[ $(openssl version 2>/dev/null) == "OpenSSL 1."* ]] || trust+=(-no-CAstore)
+  if [[ -n $KEYCHEST_PIN ]]; then
+    # openssl has no pin option: a first handshake fetches the certificate, whose key must
+    # hash to the pin; the session then trusts exactly that certificate, and nothing else.
+    openssl s_client -connect "$target" "${name[@]:0:2}" </dev/null 2>/dev/null |
+      openssl x509 -out "$WORK/peer.pem" 2>/dev/null
+    pin=$(openssl x509 -in "$WORK/peer.pem" -noout -pubkey 2>/dev/null | openssl pkey -pubin -outform DER 2>/dev/null |
+      openssl dgst -sha256 -binary 2>/dev/null | base64)
+    if [[ -z $pin ]]; then log "TLS: no certificate from $SERVER_ID; nothing sent"; return 1; fi
+    if [[ sha256//$pin != "$KEYCHEST_PIN" ]]; then
+      log "TLS: the key of $SERVER_ID (sha256//$pin) is not KEYCHEST_PIN; nothing sent"; return 1
+    fi
+    [[ ${name[0]} == -servername ]] && name=("${name[@]:0:2}") || name=()
+    trust+=(-CAfile "$WORK/peer.pem" -partial_chain -no_check_time)
+  elif [[ -n $KEYCHEST_CA_FILE ]]; then
+    trust+=(-CAfile "$KEYCHEST_CA_FILE")
+  else
+    trust=()   # the system's CAs
+  fi
+  coproc TLS { exec openssl s_client -connect "$target" "${name[@]}" "${trust[@]}" "${opts[@]}" 2>"$WORK/tls.err"; }
+  exec 3<&"${TLS[0]}" 4>&"${TLS[1]}"
+  TLS_CHILD=$TLS_PID
+  : >"$WORK/connected"
+}
+
+close_channel() {
+  exec 3<&- 4>&-
+  [[ -n ${TLS_CHILD:-} ]] && kill -KILL "$TLS_CHILD" 2>/dev/null
+  return 0
+}
+
+tls_note() {  # why openssl gave up, when it did
   local line
+  [[ -s $WORK/tls.err ]] || return 0
+  line=$(grep -m 1 -iE 'verify error|error|refused|connect:' "$WORK/tls.err")
+  [[ -n $line ]] && log "TLS: $line"
+}
+
+# request LINE -> R_DATA, R_STATUS (cleaned), R_CODE; fails on a closed, silent or babbling
+# connection. A keychest answer is one short data line and one status line: anything longer
+# is not read into memory, and no more than a few lines are read per request.
+request() {
+  local line n=0 word
   R_DATA="" R_STATUS="" R_CODE=""
-  printf '%s\n' "$1" >&3 2>/dev/null || return 1
-  while IFS= read -r -t "$KEYCHEST_READ_TIMEOUT" -u 3 line; do
+  printf '%s\n' "$1" >&4 2>/dev/null || return 1
+  while IFS= read -r -n 1024 -t "$KEYCHEST_READ_TIMEOUT" -u 3 line; do
+    if ((${#line} >= 1024 || ++n > 8)); then log "the server's answer is too long: not a keychest line API"; return 1; fi
     line=${line%$'\r'}
     case $line in
-      data\ *) R_DATA=${line#data } ;;
-      status\ *) R_STATUS=$line; break ;;
+      'data '*) R_DATA=${line#data } ;;
+      'status '*) R_STATUS=$line; break ;;
     esac
   done
   [[ -n $R_STATUS ]] || return 1
   : >"$WORK/answered"
-  read -r _ _ R_CODE _ <<<"$R_STATUS"
+  read -r _ word R_CODE _ <<<"$R_STATUS"
+  clean "$R_STATUS" 200; R_STATUS=$CLEAN
+  if [[ ! ( $word == ok || $word == error ) || ! $R_CODE =~ ^[1-5][0-9][0-9]$ ]]; then
+    log "malformed answer: $R_STATUS"; R_CODE=""; return 1
+  fi
   return 0
 }
 
 new_key() {
   if ! request "command apikey"; then log "no answer to 'command apikey'"; return 1; fi
-  if [[ $R_CODE != 200 || ! $R_DATA =~ ^[A-Za-z0-9._:-]+$ ]]; then log "apikey refused: $R_STATUS"; return 1; fi
+  if [[ $R_CODE != 200 || ! $R_DATA =~ $KEY_SHAPE ]]; then
+    clean "$R_DATA" 60; log "apikey refused or not of key shape: $R_STATUS (data '$CLEAN')"; return 1
+  fi
   S_APIKEY=$R_DATA S_CLAIM=""
   save_state
   log "got API key ${S_APIKEY:0:8}... (saved in $STATE_FILE)"
@@ -443,7 +682,7 @@ new_key() {
 
 placeholder_email() {
   local domain="" rnd
-  if request "command maildomain" && [[ $R_CODE == 200 && $R_DATA =~ ^[A-Za-z0-9.-]+$ ]]; then
+  if request "command maildomain" && [[ $R_CODE == 200 && $R_DATA =~ ^[A-Za-z0-9]([A-Za-z0-9.-]{0,200}[A-Za-z0-9])?$ ]]; then
     domain=$R_DATA
   else
     # an older server: the host part of the server's name (not an IP address)
@@ -452,32 +691,34 @@ placeholder_email() {
   fi
   rnd=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
   S_PLACEHOLDER=certbot-$rnd@$domain
+  valid_email "$S_PLACEHOLDER" || S_PLACEHOLDER=certbot-$rnd@keychest.invalid
   EMAIL=$S_PLACEHOLDER EMAIL_SOURCE="placeholder at the server's mail domain"
   save_state
 }
 
-claim() {  # fails with 1 when the server did not answer, 2 when it does not know the key
+claim() {  # fails with 1 when there is no usable answer, 2 when the server does not know the key
   if ! request "command claim apikey $S_APIKEY email $EMAIL"; then log "no answer to claim"; return 1; fi
+  S_EMAIL=$EMAIL
   if [[ $R_CODE == 200 ]]; then
-    S_EMAIL=$EMAIL S_CLAIM=ok
+    S_CLAIM=ok
     log "claimed key ${S_APIKEY:0:8}... for $EMAIL ($EMAIL_SOURCE): $R_STATUS"
   else
-    S_EMAIL=$EMAIL S_CLAIM=${R_STATUS// /_}
+    S_CLAIM=$R_CODE   # only the code: the server's text is no state
     log "claim for $EMAIL refused: $R_STATUS"
   fi
   save_state
-  [[ $R_CODE != 401 ]] || return 2
+  case $R_CODE in
+    401) return 2 ;;
+    400 | 413) log "the server did not understand the claim: stopping here"; return 1 ;;
+  esac
+  return 0
 }
 
 # Runs in a background subshell (the parent enforces connect and overall time-outs, since
 # bash's /dev/tcp connect has none); it records each finished domain in $WORK/done.
 net_session() {
   local d retried=0
-  trap '' PIPE   # a closed socket must fail the write, not kill the session silently
-  if ! { exec 3<>"/dev/tcp/$KEYCHEST_SERVER/$KEYCHEST_PORT"; } 2>/dev/null; then
-    log "cannot connect to $SERVER_ID"; return 1
-  fi
-  : >"$WORK/connected"
+  open_channel || return 1
   if [[ -z $S_APIKEY ]]; then new_key || return 1; fi
   [[ -n $EMAIL ]] || { [[ -n $S_PLACEHOLDER ]] && EMAIL=$S_PLACEHOLDER EMAIL_SOURCE="placeholder chosen before"; }
   [[ -n $EMAIL ]] || placeholder_email
@@ -497,13 +738,23 @@ net_session() {
     fi
     case $R_CODE in
       200) echo "$d" >>"$WORK/done"; log "added $d: $R_STATUS" ;;
-      400 | 413 | 422) echo "$d" >>"$WORK/done"; log "add $d rejected, dropped: $R_STATUS" ;;  # never valid
+      422) echo "$d" >>"$WORK/done"; log "add $d rejected, dropped: $R_STATUS" ;;  # the name can never be monitored
+      # 400/413: the request itself was refused, not the name; nothing is dropped for it
+      400 | 413) log "add $d: $R_STATUS; the server did not understand the request: it and the rest kept for the next run"; return 1 ;;
       429 | 500 | 503) log "add $d: $R_STATUS; it and the rest kept for the next run"; return 1 ;;
       *) log "add $d: $R_STATUS; kept for the next run" ;;
     esac
   done
-  exec 3>&-
   return 0
+}
+
+net_run() {
+  local rc
+  trap '' PIPE   # a closed socket must fail the write, not kill the session silently
+  net_session; rc=$?
+  ((rc == 0)) || tls_note
+  close_channel
+  return "$rc"
 }
 
 # ---------------------------------------------------------------- main
@@ -513,10 +764,7 @@ main() {
   declare -a QUEUE=() LEFT=()
   declare -A DELIVERED=()
   now_ms; t0=$NOW_MS
-  trap finish EXIT
   trap 'log "interrupted"; exit 0' INT TERM HUP
-  WORK=$(mktemp -d "${TMPDIR:-/tmp}/keychest-hook.XXXXXX") || { WORK=""; return 0; }
-  SERVER_ID=$KEYCHEST_SERVER:$KEYCHEST_PORT
 
   find_dirs
   extract_run
@@ -525,13 +773,18 @@ main() {
   collect_domains
   log "${#DOMAINS[@]} domain(s) to report: ${DOMAINS[*]:-none}"
 
+  # The API key and the spool are only kept where nobody else can read, change or swap them.
+  if ! safe_file "$STATE_FILE" || ! safe_file "$SPOOL_FILE"; then
+    log "$STATE_FILE or $SPOOL_FILE is not a regular file of root's in a folder only root can write: nothing sent, nothing kept"
+    return 0
+  fi
   load_state
   find_email
   [[ -n $EMAIL ]] && log "email $EMAIL (from $EMAIL_SOURCE)"
 
   # the spool first: if the hook dies on the way, nothing is lost, only re-sent next time
-  if [[ -r $SPOOL_FILE ]]; then
-    while IFS= read -r d || [[ -n $d ]]; do add_domain "$d" spool; done <"$SPOOL_FILE"
+  if [[ -e $SPOOL_FILE ]]; then
+    while IFS= read -r d || [[ -n $d ]]; do add_domain "$d" spool; done < <(read_capped "$SPOOL_FILE")
   fi
   QUEUE=("${DOMAINS[@]}")
   write_list "$SPOOL_FILE" "${QUEUE[@]}"
@@ -539,19 +792,22 @@ main() {
   if ((${#QUEUE[@]} == 0)) && [[ -n $S_APIKEY && $S_CLAIM == ok && ( -z $EMAIL || $EMAIL == "$S_EMAIL" ) ]]; then
     log "nothing to send"; return 0
   fi
+  if ((!NET_OK)); then
+    log "spooled ${#QUEUE[@]} domain(s) in $SPOOL_FILE: the settings above need fixing"; return 0
+  fi
 
   budget_ms=$((KEYCHEST_TIME_BUDGET * 1000)) connect_ms=$((KEYCHEST_CONNECT_TIMEOUT * 1000))
-  net_session &
+  net_run &
   pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     now_ms
     if [[ ! -e $WORK/connected ]] && ((NOW_MS - t0 > connect_ms)); then
       log "connect to $SERVER_ID timed out after ${KEYCHEST_CONNECT_TIMEOUT}s"
-      kill "$pid" 2>/dev/null; break
+      kill -KILL "$pid" 2>/dev/null; break
     fi
     if ((NOW_MS - t0 > budget_ms)); then
       log "out of time after ${KEYCHEST_TIME_BUDGET}s"
-      kill "$pid" 2>/dev/null; break
+      kill -KILL "$pid" 2>/dev/null; break
     fi
     sleep 0.05
   done
@@ -559,7 +815,7 @@ main() {
   [[ -e $WORK/connected ]] && server="connected but silent"
   [[ -e $WORK/answered ]] && server=answering
 
-  if [[ -r $WORK/done ]]; then
+  if [[ -f $WORK/done ]]; then
     while IFS= read -r d; do DELIVERED[$d]=1; sent=$((sent + 1)); done <"$WORK/done"
   fi
   for d in "${QUEUE[@]}"; do [[ -n ${DELIVERED[$d]:-} ]] || LEFT+=("$d"); done
@@ -571,5 +827,39 @@ main() {
   log "done in $((NOW_MS - t0)) ms: ${sent} sent, ${#LEFT[@]} spooled, server $SERVER_ID $server"
 }
 
-main "$@"
-exit 0
+# The whole run is bounded, whatever blocks it (a FIFO, a hung tool, a parent that makes
+# the hook ignore SIGTERM): main runs in a process group of its own, which this shell ends
+# with TERM and then KILL when time is up, stray children (openssl) included.
+run_bounded() {
+  local runner limit_ms t0 grace
+  now_ms; t0=$NOW_MS
+  limit_ms=$(((KEYCHEST_TIME_BUDGET + 3) * 1000))
+  set -m
+  (set +m; main "$@") </dev/null &
+  runner=$!
+  disown
+  set +m
+  trap 'kill -KILL -- "-$runner" 2>/dev/null; rm -rf -- "$WORK"; exit 0' INT TERM HUP
+  while kill -0 "$runner" 2>/dev/null; do
+    now_ms
+    if ((NOW_MS - t0 > limit_ms)); then
+      [[ -f $WORK/log_file ]] && LOG_FILE=$(<"$WORK/log_file")
+      log "still running after $((limit_ms / 1000))s: stopped"
+      kill -TERM -- "-$runner" 2>/dev/null
+      for ((grace = 0; grace < 10; grace++)); do
+        kill -0 "$runner" 2>/dev/null || break
+        sleep 0.1
+      done
+      break
+    fi
+    sleep 0.05
+  done
+  kill -KILL -- "-$runner" 2>/dev/null
+  rm -rf -- "$WORK"
+}
+
+check_settings
+if WORK=$(mktemp -d "${TMPDIR:-/tmp}/keychest-hook.XXXXXX" 2>/dev/null); then
+  run_bounded "$@"
+fi
+exit 0   # whatever happened, certbot sees success
