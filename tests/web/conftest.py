@@ -106,6 +106,9 @@ def web_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebEnv]:
             "--resolver", dns.address,
             "--scan-interval", "1h",
             "--keys-per-ip-per-hour", "0",
+            # Every test shares 127.0.0.1; the REST limits have a server of their own in test_rest_limits.
+            "--rest-requests-per-minute", "0",
+            "--rest-failed-keys-per-minute", "0",
             "--smtp", smtp.address,
             "--public-url", f"http://127.0.0.1:{http_port}",
         ]  # fmt: skip

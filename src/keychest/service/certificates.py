@@ -21,6 +21,10 @@ from keychest.store.models import AddressState, ApiKey, Certificate, Endpoint, S
 MAX_PEM_BYTES = 64 * 1024
 
 
+class NotOneCertificate(errors.ServiceError):
+    """A chain (or several certificates) where one was expected: KeyChest's single-cert-expected."""
+
+
 @dataclass(frozen=True)
 class WatchOutcome:
     id: int
@@ -42,7 +46,9 @@ def parse_single_pem(text: str) -> bytes:
     except ValueError:
         raise errors.invalid("not a PEM certificate (-----BEGIN CERTIFICATE----- ...)") from None
     if len(found) != 1:
-        raise errors.invalid(f"expected one certificate, got {len(found)}: send the leaf alone")
+        raise NotOneCertificate(
+            422, "invalid", f"expected one certificate, got {len(found)}: send the leaf alone"
+        )
     return found[0].public_bytes(serialization.Encoding.DER)
 
 

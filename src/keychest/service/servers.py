@@ -7,13 +7,14 @@ sees the domains of its account (once approved) or its own, a signed-in account 
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from keychest.service import accounts, audit, domains, errors, keys, scans
+from keychest.service import accounts, audit, domains, errors, keys, keystrength, scans
 from keychest.service.context import Ctx
 from keychest.store.models import Account, AddressState, ApiKey, Certificate, Endpoint, ScanChange, Watch
 
@@ -46,6 +47,8 @@ def claim_chosen_key(ctx: Ctx, raw_key: str, email: str) -> Claimed:
         raise errors.invalid("an API key is 16 to 64 of A-Z a-z 0-9 -")
     existing = keys.find(ctx, raw_key)
     if existing is None:
+        # Keys registered before the bar existed keep working; new ones must clear it.
+        keystrength.require_strong(raw_key)
         keys.create(ctx, key=raw_key)
     outcome = accounts.claim(ctx, raw_key, email)
     status = "success" if existing is not None and outcome.outcome == "already" else "created"
@@ -175,11 +178,17 @@ def _ts(moment: datetime | None) -> int | None:
     return None if moment is None else int((moment - datetime(1970, 1, 1)).total_seconds())
 
 
-def expiration(ctx: Ctx, raw_key: str, domain_text: str) -> dict[str, object]:
-    """KeyChest's servers/expiration answer, one record per scanned address."""
+def expiration(ctx: Ctx, raw_key: str, domain_text: str, ip: str | None = None) -> dict[str, object]:
+    """KeyChest's servers/expiration answer, one record per scanned address.
+
+    With ``ip`` (KeyChest's ``ip=``), only that address's record, and the summary of it alone.
+    """
+    wanted = _ip_filter(ip)
     endpoint = owned_endpoint(ctx, raw_key, domain_text)
     results: list[dict[str, object]] = []
     for view in scans.address_views(ctx, endpoint.id):
+        if wanted is not None and _ip_filter(view.ip or None) != wanted:
+            continue
         found = view.not_after is not None
         results.append(
             {
@@ -208,6 +217,15 @@ def expiration(ctx: Ctx, raw_key: str, domain_text: str) -> dict[str, object]:
         "last_scan_utc": _ts(endpoint.last_scan_at),
         "results": results,
     }
+
+
+def _ip_filter(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_address(text.strip("[]")).compressed
+    except ValueError:
+        raise errors.invalid(f"ip: {text[:60]!r} is not an IP address") from None
 
 
 # --- listing and removing ----------------------------------------------------------------------

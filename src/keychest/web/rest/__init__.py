@@ -10,12 +10,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keychest.service.facade import Keychest
-from keychest.web.rest.limits import MAX_BODY, BodyLimit
+from keychest.web.rest.limits import MAX_BODY, BodyLimit, HeadAsGet, RateHeaders
 from keychest.web.rest.models import error_response
-from keychest.web.rest.routes import PREFIX, build_router
+from keychest.web.rest.routes import PREFIX, build_router, docs_url
 
 __all__ = ["MAX_BODY", "PREFIX", "BodyLimit", "build_router", "install"]
 
@@ -31,7 +32,9 @@ async def _delegate(handler: Callable[[Request, Any], Any], request: Request, ex
 
 def install(app: FastAPI, service: Keychest) -> None:
     app.include_router(build_router(service))
+    app.add_middleware(RateHeaders)
     app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(HeadAsGet)
 
     # FastAPI's own errors (a missing path part, a 404 route, a wrong method) in the same
     # JSON shape as ours under /api/; other paths keep whatever handler was installed before
@@ -55,7 +58,14 @@ def install(app: FastAPI, service: Keychest) -> None:
         if not _is_api(request):
             return await _delegate(other_http, request, exc)
         words = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
-        response = error_response(exc.status_code, words.get(exc.status_code, "error"), str(exc.detail))
+        word = words.get(exc.status_code, "error")
+        if exc.status_code in (404, 405):
+            # KeyChest pointed a lost client at its documentation.
+            text = "endpoint not found" if exc.status_code == 404 else str(exc.detail)
+            body = {"status": word, "error": text, "html_docs": docs_url(request)}
+            response = JSONResponse(body, status_code=exc.status_code)
+        else:
+            response = error_response(exc.status_code, word, str(exc.detail))
         if exc.headers:
             response.headers.update(exc.headers)
         return response

@@ -13,6 +13,11 @@ class ErrorAnswer(BaseModel):
         description="stable word for scripts: unauthorized, forbidden, not_found, invalid, ..."
     )
     error: str = Field(description="what went wrong, for people")
+    reason: str | None = Field(
+        None,
+        description="our word (as in status elsewhere) when status carries KeyChest v1.0's word "
+        "(not-registered, invalid-domain, single-cert-expected, not-allowed, too-many)",
+    )
 
 
 class PingAnswer(BaseModel):
@@ -46,6 +51,10 @@ class AddAnswer(BaseModel):
     id: str = Field(description="the registration's id")
     key: str = Field(description="the endpoint watched, host:port")
     created: bool = Field(description="false when the domain was already registered (adding is idempotent)")
+    given: str = Field(description="the domain as sent")
+    changes: list[str] = Field(
+        description="what was done to it (a URL's scheme and path dropped, a wildcard's *. removed)"
+    )
 
 
 class RemoveAnswer(BaseModel):
@@ -73,6 +82,8 @@ class AddressExpiration(BaseModel):
 class ExpirationAnswer(BaseModel):
     status: str
     domain: str
+    ip: str | None = Field(None, description="the ip= asked for (only then): results are that address's")
+    request_id: str | None = Field(None, description="the request_id sent, echoed (only then)")
     certificate_found: bool
     renewal_due: bool = Field(description="a certificate expires within 28 days")
     expired_found: bool
@@ -140,12 +151,26 @@ class CertificateAnswer(BaseModel):
 
 
 class CertificateAddAnswer(BaseModel):
-    status: str
+    status: str = Field(description="success, or already-inserted when the key watched it already")
     id: str
+    key: str = Field(description="the certificate's SHA-256, as KeyChest's key of the watched object")
     sha256: str
     subject: str
     not_after_utc: int
     created: bool
+
+
+class RescanAnswer(BaseModel):
+    status: str
+    domain: str
+    due_utc: int = Field(description="when the scan is due (now): a running scanner starts it within seconds")
+    last_scan_utc: int | None
+
+
+class IndexAnswer(BaseModel):
+    status: str
+    html_docs: str = Field(description="the API's documentation for people")
+    openapi: str = Field(description="the OpenAPI schema")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

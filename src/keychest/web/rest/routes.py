@@ -14,16 +14,20 @@ Each route is one line: :func:`respond` runs a module-level work function on an
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 
-from keychest.service import certificates, domains, servers
+from keychest.service import certificates, compat, domains, scans, servers
 from keychest.service.context import Ctx
+from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
-from keychest.web.rest.inputs import Exchange, required, respond, split_keychest_path
+from keychest.web.rest.inputs import Exchange, Gate, required, respond, split_keychest_path
 from keychest.web.rest.models import (
     ERRORS,
     KEY_DOC,
@@ -34,9 +38,11 @@ from keychest.web.rest.models import (
     CertificatesAnswer,
     ClaimAnswer,
     ExpirationAnswer,
+    IndexAnswer,
     LookupAnswer,
     PingAnswer,
     RemoveAnswer,
+    RescanAnswer,
     RevokeAnswer,
     ServersAnswer,
     UserAnswer,
@@ -44,6 +50,14 @@ from keychest.web.rest.models import (
 )
 
 PREFIX = "/api/v1.0"
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def docs_url(request: Request) -> str:
+    return _base(request) + "/docs"
 
 
 # --- answers from service results --------------------------------------------------------------
@@ -88,15 +102,38 @@ def _claim(claimed: servers.Claimed) -> dict[str, str]:
     }
 
 
+def keychest_refusal(exc: ServiceError, word: str, **echo: str | None) -> JSONResponse:
+    """An error in KeyChest v1.0's words: its ``status`` word, ours as ``reason``, the text."""
+    body = {name: value for name, value in echo.items() if value is not None}
+    body.update(status=word, reason=exc.status, error=exc.text)
+    return JSONResponse(body, status_code=exc.code)
+
+
+def _claim_refusal(exc: ServiceError) -> JSONResponse:
+    # KeyChest answered a revoked key, a refused claim and a blocked address not-allowed,
+    # and its quota too-many.
+    words = {403: "not-allowed", 429: "too-many"}
+    if exc.code not in words:
+        raise exc
+    return keychest_refusal(exc, words[exc.code])
+
+
 # --- what each route does ----------------------------------------------------------------------
 
 
-def _claim_new(x: Exchange, email: str) -> dict[str, str]:
-    return _claim(x.call(servers.claim_new_key, email))
+def _claim_new(x: Exchange, email: str) -> dict[str, str] | JSONResponse:
+    try:
+        return _claim(x.call(servers.claim_new_key, email.strip()))
+    except ServiceError as exc:
+        return _claim_refusal(exc)
 
 
-def _claim_chosen(x: Exchange) -> dict[str, str]:
-    return _claim(x.call(servers.claim_chosen_key, x.field("api_key"), x.field("email")))
+def _claim_chosen(x: Exchange) -> dict[str, str] | JSONResponse:
+    key, email = x.field("api_key"), x.field("email")
+    try:
+        return _claim(x.call(servers.claim_chosen_key, key, email))
+    except ServiceError as exc:
+        return _claim_refusal(exc)
 
 
 def _revoke(x: Exchange) -> dict[str, Any]:
@@ -115,15 +152,37 @@ def _user(x: Exchange) -> dict[str, Any]:
     }
 
 
-def _add(x: Exchange) -> dict[str, Any]:
+def _add(x: Exchange) -> dict[str, Any] | JSONResponse:
     key = x.key()
-    outcome = x.call(domains.add, key, x.field("domain"))
+    given = x.optional("domain") or ""
+    try:
+        if not given:
+            raise ServiceError(422, "invalid", "domain is required")
+        wanted = compat.user_domain(given)
+        outcome = x.call(domains.add, key, wanted.text)
+    except ServiceError as exc:
+        if exc.code != 422:
+            raise
+        return keychest_refusal(exc, "invalid-domain", domain=given)
     return {
         "status": "success",
         "domain": str(outcome.domain),
         "id": str(outcome.watch_id),
         "key": f"{outcome.domain.host}:{outcome.domain.port}",
         "created": outcome.created,
+        "given": given,
+        "changes": list(wanted.changes),
+    }
+
+
+def _rescan(x: Exchange) -> dict[str, Any]:
+    key = x.key()
+    done = x.call(scans.request_rescan, key, x.field("domain"))
+    return {
+        "status": "success",
+        "domain": done.domain,
+        "due_utc": _ts(done.due_at),
+        "last_scan_utc": _ts(done.last_scan_at),
     }
 
 
@@ -141,7 +200,27 @@ def _list_servers(x: Exchange, limit: int, offset: int) -> dict[str, Any]:
 def _expiration(x: Exchange, domain: str) -> Any:
     name, payload = split_keychest_path(domain, x.payload)
     x = replace(x, payload=payload)
-    return x.call(servers.expiration, x.key(), name)
+    ip = x.optional("ip")
+    request_id = x.optional("request_id") or x.optional("requestId")
+    echo = {"domain": name, "ip": ip, "request_id": request_id}
+    if request_id is not None and len(request_id) > 64:
+        return keychest_refusal(
+            ServiceError(422, "invalid", "request_id: at most 64 characters"), "invalid", **echo
+        )
+    if ip is not None:
+        try:
+            ipaddress.ip_address(ip.strip("[]"))
+        except ValueError:
+            return keychest_refusal(ServiceError(422, "invalid", "ip: not an IP address"), "invalid", **echo)
+    key = x.key()
+    try:
+        answer = x.call(servers.expiration, key, name, ip)
+    except ServiceError as exc:
+        words = {404: "not-registered", 422: "invalid-domain"}
+        if exc.code not in words:
+            raise
+        return keychest_refusal(exc, words[exc.code], **echo)
+    return {**answer, **{k: v for k, v in echo.items() if k != "domain" and v is not None}}
 
 
 def _server_and_expiration(ctx: Ctx, key: str, domain: str) -> tuple[servers.ServerRow, dict[str, object]]:
@@ -195,12 +274,18 @@ def _certificate(x: Exchange, sha256: str) -> dict[str, Any]:
     }
 
 
-def _certificate_add(x: Exchange) -> dict[str, Any]:
+def _certificate_add(x: Exchange) -> dict[str, Any] | JSONResponse:
     key = x.key()
-    outcome = x.call(certificates.watch_pem, key, required(x.payload, "certificate"))
+    pem, _ = compat.certificate_pem(required(x.payload, "certificate"))
+    try:
+        outcome = x.call(certificates.watch_pem, key, pem)
+    except certificates.NotOneCertificate as exc:
+        return keychest_refusal(exc, "single-cert-expected")
     return {
-        "status": "success",
+        # KeyChest answered a second upload 409 already-inserted; it is no error here.
+        "status": "success" if outcome.created else "already-inserted",
         "id": str(outcome.id),
+        "key": outcome.sha256,
         "sha256": outcome.sha256,
         "subject": outcome.subject,
         "not_after_utc": _ts(outcome.not_after),
@@ -213,6 +298,23 @@ def _certificate_add(x: Exchange) -> dict[str, Any]:
 
 def build_router(service: Keychest) -> APIRouter:
     router = APIRouter(responses=ERRORS)
+    gate = Gate.from_service(service)
+
+    async def answer(request: Request, work: Callable[[Exchange], Any]) -> Any:
+        return await respond(request, service, gate, work)
+
+    @router.get(
+        PREFIX + "/",
+        response_model=IndexAnswer,
+        tags=["access"],
+        summary="Where the API's documentation is (KeyChest)",
+    )
+    def index(request: Request) -> dict[str, str]:
+        return {
+            "status": "success",
+            "html_docs": docs_url(request),
+            "openapi": str(request.url_for("openapi")),
+        }
 
     @router.get("/api/ping", response_model=PingAnswer, tags=["access"], summary="Is the server up?")
     def ping() -> dict[str, str]:
@@ -225,7 +327,7 @@ def build_router(service: Keychest) -> APIRouter:
         summary="A new API key, claimed for an email (KeyChest)",
     )
     async def claim_new(email: str, request: Request) -> Any:
-        return await respond(request, service, lambda x: _claim_new(x, email))
+        return await answer(request, lambda x: _claim_new(x, email))
 
     @router.post(
         PREFIX + "/access/claim",
@@ -237,7 +339,7 @@ def build_router(service: Keychest) -> APIRouter:
         ),
     )
     async def claim_chosen(request: Request) -> Any:
-        return await respond(request, service, _claim_chosen)
+        return await answer(request, _claim_chosen)
 
     @router.post(
         PREFIX + "/access/revoke",
@@ -247,7 +349,7 @@ def build_router(service: Keychest) -> APIRouter:
         openapi_extra={**KEY_QUERY, **body_schema({"api_key": KEY_DOC}, [])},
     )
     async def revoke(request: Request) -> Any:
-        return await respond(request, service, _revoke)
+        return await answer(request, _revoke)
 
     @router.get(
         PREFIX + "/user",
@@ -257,7 +359,7 @@ def build_router(service: Keychest) -> APIRouter:
         openapi_extra=KEY_QUERY,
     )
     async def user(request: Request) -> Any:
-        return await respond(request, service, _user)
+        return await answer(request, _user)
 
     @router.post(
         PREFIX + "/servers/add",
@@ -270,7 +372,20 @@ def build_router(service: Keychest) -> APIRouter:
         },
     )
     async def add(request: Request) -> Any:
-        return await respond(request, service, _add)
+        return await answer(request, _add)
+
+    @router.post(
+        PREFIX + "/servers/rescan",
+        response_model=RescanAnswer,
+        tags=["servers"],
+        summary="Scan one of the caller's domains now",
+        openapi_extra={
+            **KEY_QUERY,
+            **body_schema({"domain": "name or name:port", "api_key": KEY_DOC}, ["domain"]),
+        },
+    )
+    async def rescan(request: Request) -> Any:
+        return await answer(request, _rescan)
 
     @router.post(
         PREFIX + "/servers/remove",
@@ -283,7 +398,7 @@ def build_router(service: Keychest) -> APIRouter:
         },
     )
     async def remove(request: Request) -> Any:
-        return await respond(request, service, lambda x: _remove(x, None))
+        return await answer(request, lambda x: _remove(x, None))
 
     @router.delete(
         PREFIX + "/servers/{domain}",
@@ -293,7 +408,7 @@ def build_router(service: Keychest) -> APIRouter:
         openapi_extra=KEY_QUERY,
     )
     async def delete_server(domain: str, request: Request) -> Any:
-        return await respond(request, service, lambda x: _remove(x, domain))
+        return await answer(request, lambda x: _remove(x, domain))
 
     @router.get(
         PREFIX + "/servers",
@@ -307,17 +422,36 @@ def build_router(service: Keychest) -> APIRouter:
         limit: int = Query(1000, ge=1, le=10000, description="at most this many"),
         offset: int = Query(0, ge=0, description="skip this many (sorted by domain)"),
     ) -> Any:
-        return await respond(request, service, lambda x: _list_servers(x, limit, offset))
+        return await answer(request, lambda x: _list_servers(x, limit, offset))
 
     @router.get(
         PREFIX + "/servers/expiration/{domain}",
         response_model=ExpirationAnswer,
         tags=["servers"],
         summary="Certificate expiration per address of one of the caller's domains (KeyChest)",
-        openapi_extra=KEY_QUERY,
+        openapi_extra={
+            "parameters": [
+                *KEY_QUERY["parameters"],
+                {
+                    "name": "ip",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "only this address's record (and summary)",
+                },
+                {
+                    "name": "request_id",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "echoed in the answer (at most 64 characters)",
+                },
+            ]
+        },
+        response_model_exclude_unset=True,
     )
     async def expiration(domain: str, request: Request) -> Any:
-        return await respond(request, service, lambda x: _expiration(x, domain))
+        return await answer(request, lambda x: _expiration(x, domain))
 
     @router.get(
         PREFIX + "/servers/lookup/{domain}",
@@ -327,7 +461,7 @@ def build_router(service: Keychest) -> APIRouter:
         openapi_extra=KEY_QUERY,
     )
     async def lookup(domain: str, request: Request) -> Any:
-        return await respond(request, service, lambda x: _lookup(x, domain))
+        return await answer(request, lambda x: _lookup(x, domain))
 
     @router.get(
         PREFIX + "/certificates",
@@ -337,7 +471,7 @@ def build_router(service: Keychest) -> APIRouter:
         openapi_extra=KEY_QUERY,
     )
     async def list_certificates(request: Request) -> Any:
-        return await respond(request, service, _list_certificates)
+        return await answer(request, _list_certificates)
 
     @router.get(
         PREFIX + "/certificates/{sha256}",
@@ -347,19 +481,21 @@ def build_router(service: Keychest) -> APIRouter:
         openapi_extra=KEY_QUERY,
     )
     async def certificate(sha256: str, request: Request) -> Any:
-        return await respond(request, service, lambda x: _certificate(x, sha256))
+        return await answer(request, lambda x: _certificate(x, sha256))
 
     @router.post(
         PREFIX + "/certificate/add",
         response_model=CertificateAddAnswer,
         tags=["certificates"],
-        summary="Watch a PEM certificate's expiry, without a server (KeyChest)",
+        summary="Watch a certificate's expiry (PEM or base64 DER), without a server (KeyChest)",
         openapi_extra={
             **KEY_QUERY,
-            **body_schema({"certificate": "one certificate in PEM", "api_key": KEY_DOC}, ["certificate"]),
+            **body_schema(
+                {"certificate": "one certificate, PEM or base64 DER", "api_key": KEY_DOC}, ["certificate"]
+            ),
         },
     )
     async def certificate_add(request: Request) -> Any:
-        return await respond(request, service, _certificate_add)
+        return await answer(request, _certificate_add)
 
     return router
