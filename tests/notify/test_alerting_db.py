@@ -40,7 +40,7 @@ def seen(service: Keychest, email: str, domain: str, days_left: float) -> int:
     key = service.call(keys.create).key
     endpoint_id = service.call(domains.add, key, domain).endpoint_id
     outcome = service.call(accounts.claim, key, email)
-    service.call(accounts.confirm, outcome.account_id)
+    service.call(accounts.confirm, outcome.account_id, outcome.api_key_id)
     now = service.clock()
 
     def store(ctx):  # type: ignore[no-untyped-def]

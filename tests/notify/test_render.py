@@ -38,6 +38,7 @@ ALERTS = [
     },
 ]
 CONTEXTS = {
+    "reopen_account": {**BASE, "key": KEY, "reopen_url": "https://kc/reopen/T9"},
     "confirm_account": {
         **BASE,
         "key": KEY,
@@ -75,7 +76,7 @@ def test_every_template_renders_both_parts(kind: str) -> None:
     for value in CONTEXTS[kind].values():
         if isinstance(value, str) and value.startswith("https://kc/"):
             assert value in text and f'href="{value}"' in html
-    if kind in ("confirm_account", "approve_key"):
+    if kind in ("confirm_account", "approve_key", "reopen_account"):
         assert "198.51.100.7" in text and "abcdefgh..." in text and "2026-12-01 10:00 UTC" in text
         assert "www.example.net" in text and "&lt;script&gt;.example.net" in html and "<script>" not in html
     if kind == "weekly":

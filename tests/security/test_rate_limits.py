@@ -89,13 +89,19 @@ def test_claims_per_client_address_per_hour(server: LiveServer) -> None:
     assert line(server, "127.0.0.57", "claim", apikey=str(keys[5]), email="spray5@limits.example.org").ok
 
 
-def test_claims_per_email_per_day_from_any_address(server: LiveServer) -> None:
+def test_claims_per_email_per_day_count_per_client_address(server: LiveServer) -> None:
+    # Issue 10 item 10: a stranger spending the day's claims for an address does not lock out
+    # its owner, who claims from another address.
+    stranger, owner = "127.0.0.60", "127.0.0.61"
     codes = []
-    for n in range(3):
-        source = f"127.0.0.{60 + n}"
-        key = line(server, source, "apikey").data
-        codes.append(line(server, source, "claim", apikey=str(key), email="popular@limits.example.org").code)
+    for _ in range(3):
+        key = line(server, stranger, "apikey").data
+        codes.append(
+            line(server, stranger, "claim", apikey=str(key), email="popular@limits.example.org").code
+        )
     assert codes == [200, 200, 429]
+    key = line(server, owner, "apikey").data
+    assert line(server, owner, "claim", apikey=str(key), email="popular@limits.example.org").code == 200
 
 
 def test_signin_mails_per_client_address(server: LiveServer) -> None:

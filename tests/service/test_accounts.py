@@ -72,21 +72,102 @@ def test_claim_new_email_makes_dormant_account_and_queues_confirmation(svc: Keyc
     assert len(svc.read(outbox.list_all)) == 1
 
 
-def test_second_key_for_existing_account_is_pending(svc: Keychest) -> None:
+def test_every_key_claimed_for_a_dormant_address_gets_its_own_confirmation(svc: Keychest) -> None:
+    # Issue 10 item 1: a stranger's K1 first, the owner's K2 later; confirming K2's mail
+    # approves K2 only, and K1 stays pending.
     first = svc.call(keys.create).key
-    svc.call(accounts.claim, first, "owner@example.org")
+    account_id = svc.call(accounts.claim, first, "owner@example.org", ip="203.0.113.66").account_id
     second = svc.call(keys.create).key
-    assert svc.call(accounts.claim, second, "owner@example.org").outcome == "pending"
-    states = sorted(k.state for k in svc.read(keys.list_all))
-    assert states == ["active", "pending"]
-    # The owner has not confirmed: nothing but the one confirmation mail is queued.
-    assert [m.kind for m in svc.read(outbox.list_all)] == ["confirm_account"]
+    assert svc.call(accounts.claim, second, "owner@example.org", ip="198.51.100.1").outcome == "pending"
+    k1, k2 = svc.read(keys.list_all)
+    assert (k1.state, k2.state) == ("pending", "pending")
+    mails = sorted(svc.read(outbox.list_all), key=lambda m: m.id)
+    assert [(m.kind, m.payload["api_key_id"], m.payload["ip"]) for m in mails] == [
+        ("confirm_account", k1.id, "203.0.113.66"),
+        ("confirm_account", k2.id, "198.51.100.1"),
+    ]
+    svc.call(accounts.confirm, account_id, k2.id)
+    states = {k.id: k.state for k in svc.read(keys.list_all)}
+    assert states == {k1.id: "pending", k2.id: "active"}
+
+
+def test_confirmation_mails_per_address_are_capped(svc: Keychest) -> None:
+    for n in range(accounts.CONFIRM_MAILS_PER_DAY):
+        key = svc.call(keys.create).key
+        svc.call(accounts.claim, key, "owner@example.org", ip=f"192.0.2.{n + 1}")
+    key = svc.call(keys.create).key
+    # Past the cap the claim holds (pending; refusing it would lock the owner out), unmailed.
+    assert svc.call(accounts.claim, key, "owner@example.org", ip="192.0.2.99").outcome == "pending"
+    assert len(svc.read(outbox.list_all)) == accounts.CONFIRM_MAILS_PER_DAY
+
+
+def test_a_stranger_cannot_spend_the_owners_claims(db_url: str, clock: Clock) -> None:
+    # Issue 10 item 10: the per-address claim quota counts per (address, client address).
+    svc = make_service(db_url, clock, claims_per_email_per_day=2)
+    try:
+        for _ in range(2):
+            key = svc.call(keys.create).key
+            svc.call(accounts.claim, key, "victim@example.org", ip="203.0.113.66")
+        key = svc.call(keys.create).key
+        with pytest.raises(ServiceError) as caught:
+            svc.call(accounts.claim, key, "victim@example.org", ip="203.0.113.66")
+        assert caught.value.code == 429
+        own = svc.call(keys.create).key
+        assert svc.call(accounts.claim, own, "victim@example.org", ip="198.51.100.1").outcome == "pending"
+    finally:
+        svc.db.dispose()
+
+
+def test_an_unconfirmed_claim_can_be_pointed_elsewhere(svc: Keychest) -> None:
+    # Issue 10 item 3: "me@example.co" (a truncated request) is not permanent.
+    key = svc.call(keys.create).key
+    svc.call(accounts.claim, key, "me@example.co")
+    moved = svc.call(accounts.claim, key, "me@example.com")
+    assert (moved.outcome, moved.email) == ("created", "me@example.com")
+    mails = {(m.to_addr, m.state) for m in svc.read(outbox.list_all)}
+    assert mails == {("me@example.co", "skipped"), ("me@example.com", "queued")}
+    assert svc.read(keys.list_all)[0].state == "pending"
+
+
+def test_a_blocked_address_is_offered_a_reopen_at_most_daily(svc: Keychest, clock: Clock) -> None:
+    key = svc.call(keys.create).key
+    account_id = svc.call(accounts.claim, key, "owner@example.org").account_id
+    svc.call(accounts.block, account_id)
+    for _ in range(2):
+        again = svc.call(keys.create).key
+        # Not swallowed: the claim is taken (pending), and the owner hears of it.
+        assert svc.call(accounts.claim, again, "owner@example.org").outcome == "pending"
+    kinds = sorted(m.kind for m in svc.read(outbox.list_all))
+    assert kinds == ["confirm_account", "reopen_account"]
+    clock.now += timedelta(days=1, seconds=1)
+    svc.call(accounts.claim, svc.call(keys.create).key, "owner@example.org")
+    assert sorted(m.kind for m in svc.read(outbox.list_all)).count("reopen_account") == 2
+    svc.call(accounts.reopen, account_id)
+    assert svc.read(accounts.list_summaries)[0].state == "active"
+
+
+def test_block_and_key_revocation_end_every_session(svc: Keychest) -> None:
+    key = svc.call(keys.create).key
+    claimed = svc.call(accounts.claim, key, "owner@example.org")
+    account_id = claimed.account_id
+    svc.call(accounts.confirm, account_id, claimed.api_key_id)
+    # Refusing a pending (maybe a stranger's) key leaves the owner signed in.
+    stranger = svc.call(keys.create).key
+    svc.call(keys.revoke, svc.call(accounts.claim, stranger, "owner@example.org").api_key_id)
+    before = svc.read(accounts.session_version, account_id)
+    assert before == 0
+    svc.call(keys.revoke, claimed.api_key_id)
+    after = svc.read(accounts.session_version, account_id)
+    assert before is not None and after == before + 1
+    svc.call(accounts.block, account_id)
+    assert svc.read(accounts.session_version, account_id) is None
 
 
 def test_approval_mail_once_the_owner_is_confirmed(svc: Keychest) -> None:
     first = svc.call(keys.create).key
-    account_id = svc.call(accounts.claim, first, "owner@example.org").account_id
-    svc.call(accounts.confirm, account_id)
+    claimed = svc.call(accounts.claim, first, "owner@example.org")
+    account_id = claimed.account_id
+    svc.call(accounts.confirm, account_id, claimed.api_key_id)
     second = svc.call(keys.create).key
     svc.call(accounts.claim, second, "owner@example.org")
     assert sorted(m.kind for m in svc.read(outbox.list_all)) == ["approve_key", "confirm_account"]
@@ -103,9 +184,10 @@ def test_placeholder_is_never_mailed_and_can_be_replaced(svc: Keychest) -> None:
     assert [m.to_addr for m in svc.read(outbox.list_all)] == ["real@example.org"]
 
 
-def test_a_real_claim_cannot_be_moved(svc: Keychest) -> None:
+def test_a_confirmed_claim_cannot_be_moved(svc: Keychest) -> None:
     key = svc.call(keys.create).key
-    svc.call(accounts.claim, key, "owner@example.org")
+    account_id = svc.call(accounts.claim, key, "owner@example.org").account_id
+    svc.call(accounts.confirm, account_id, svc.read(keys.list_all)[0].id)
     with pytest.raises(ServiceError) as caught:
         svc.call(accounts.claim, key, "thief@example.org")
     assert caught.value.code == 403
@@ -124,8 +206,9 @@ def test_unknown_and_revoked_keys(svc: Keychest) -> None:
 
 def test_add_is_idempotent_per_account(svc: Keychest) -> None:
     first = svc.call(keys.create).key
-    account_id = svc.call(accounts.claim, first, "owner@example.org").account_id
-    svc.call(accounts.confirm, account_id)
+    claimed = svc.call(accounts.claim, first, "owner@example.org")
+    account_id = claimed.account_id
+    svc.call(accounts.confirm, account_id, claimed.api_key_id)
     assert svc.call(domains.add, first, "www.example.net").created
     assert not svc.call(domains.add, first, "WWW.example.net.").created
     second = svc.call(keys.create).key
@@ -185,6 +268,7 @@ def test_audit_records_key_events_with_source(svc: Keychest) -> None:
     events = [(e.event, e.ip) for e in reversed(svc.read(audit.recent))]
     assert events == [
         ("key_created", "198.51.100.7"),
+        ("mail_confirm_account", "198.51.100.7"),
         ("claim", "198.51.100.7"),
         ("domain_added", "198.51.100.8"),
     ]

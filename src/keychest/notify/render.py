@@ -8,7 +8,15 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-KINDS = ("confirm_account", "approve_key", "signin", "confirm_address", "alerts", "weekly")
+KINDS = (
+    "confirm_account",
+    "approve_key",
+    "reopen_account",
+    "signin",
+    "confirm_address",
+    "alerts",
+    "weekly",
+)
 
 
 def _when(value: datetime | str | None) -> str:

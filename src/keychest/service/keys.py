@@ -177,9 +177,17 @@ def revoke(ctx: Ctx, key_id: int) -> None:
     if row is None:
         raise errors.not_found("no such API key")
     if row.state != "revoked":
+        had_access = row.state == "active" and row.account_id is not None
         row.state = "revoked"
         row.revoked_at = ctx.now
         audit.record(ctx, "key_revoked", api_key_id=row.id, account_id=row.account_id)
+        if had_access and row.account_id is not None:
+            # accounts imports this module; the import here keeps the cycle out of load time.
+            from keychest.service import accounts
+
+            # A key that had the account's access may be the trace of a compromise: its
+            # signed-in sessions end too. Refusing a pending stranger's key changes nothing.
+            accounts.end_sessions(ctx, row.account_id)
 
 
 def approve(ctx: Ctx, key_id: int) -> None:

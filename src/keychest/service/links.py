@@ -28,6 +28,7 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "signin": ("signin",),
     "unsubscribe": ("unsubscribe",),
     "confirm_address": ("confirm_address",),
+    "reopen": ("reopen_account",),
 }
 
 
@@ -39,6 +40,8 @@ class LinkView:
     email: str
     key_prefix: str | None
     scope: str | None
+    # The domains the key registered so far: the owner sees what confirming lets in.
+    key_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,18 @@ class Done:
 def view(ctx: Ctx, route: str, raw: str) -> LinkView:
     info = tokens.peek(ctx, raw, ROUTES[route])
     account = ctx.session.get(Account, info.account_id)
-    if account is None or account.state == "blocked":
+    # A blocked address's links are dead, but for the one that offers to reopen it.
+    if account is None or (account.state == "blocked") != (info.purpose == "reopen_account"):
         raise errors.not_found("this link is not valid")
-    prefix = None
-    if info.api_key_id is not None:
-        key = ctx.session.get(ApiKey, info.api_key_id)
-        prefix = key.prefix if key is not None else None
+    summary = outbox.key_summary(ctx, info.api_key_id) if info.api_key_id is not None else None
     email = str(info.data.get("email") or account.email)
-    return LinkView(info.purpose, email, prefix, info.data.get("scope"))
+    return LinkView(
+        info.purpose,
+        email,
+        summary.prefix if summary else None,
+        info.data.get("scope"),
+        summary.domains if summary else (),
+    )
 
 
 def act(ctx: Ctx, route: str, raw: str) -> Done:
@@ -68,11 +75,20 @@ def act(ctx: Ctx, route: str, raw: str) -> Done:
     account = ctx.session.get(Account, info.account_id)
     if account is None:
         raise errors.not_found("this link is not valid")
+    purpose = info.purpose
+    if purpose == "reopen_account":
+        if account.state != "blocked":
+            raise errors.not_found("this address is not blocked")
+        accounts.reopen(ctx, account.id)
+        tokens.revoke_for_account(ctx, account.id, ("reopen_account",))
+        # Signed in on the dashboard, where each waiting key is approved (or revoked) by name.
+        return Done(purpose, account.id, account.email, True, "Your address is open again.")
     if account.state == "blocked":
         raise errors.forbidden("this account is blocked")
-    purpose = info.purpose
     if purpose == "confirm_account":
-        accounts.confirm(ctx, account.id)
+        # Approves the one key this mail was about: other keys claimed for the address while
+        # it was dormant (maybe by a stranger) stay pending until approved by name.
+        accounts.confirm(ctx, account.id, info.api_key_id)
         # The "this wasn't me" link of the same mail must not undo a confirmed account later.
         tokens.revoke_for_account(ctx, account.id, ("block_account", "confirm_account"))
         return Done(purpose, account.id, account.email, True, "Your account is confirmed.")

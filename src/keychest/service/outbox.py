@@ -140,7 +140,7 @@ def compose(ctx: Ctx, mail: QueuedMail) -> Composed | str:
                 "confirm_url": link(ctx, "confirm_account", account_id, api_key_id=key.id),
                 "block_url": link(ctx, "block_account", account_id, api_key_id=key.id),
             }
-            subject = f"Confirm your keychest account (API key {key.prefix}...)"
+            subject = "Confirm your keychest account"
         elif mail.kind == "reopen_account":
             context = {**base, "key": key, "reopen_url": link(ctx, "reopen_account", account_id)}
             subject = "You blocked this address on keychest: reopen it?"

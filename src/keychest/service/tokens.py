@@ -31,6 +31,7 @@ PURPOSES = (
     "signin",
     "unsubscribe",
     "confirm_address",
+    "reopen_account",
 )
 # Purposes whose link may be used again (an unsubscribe link is harmless to repeat).
 REUSABLE = frozenset({"unsubscribe"})
@@ -143,5 +144,14 @@ def revoke_for_account(ctx: Ctx, account_id: int, purposes: tuple[str, ...]) -> 
     ctx.session.execute(
         update(Token)
         .where(Token.account_id == account_id, Token.purpose.in_(purposes), Token.used_at.is_(None))
+        .values(used_at=ctx.now)
+    )
+
+
+def revoke_for_key(ctx: Ctx, account_id: int, api_key_id: int) -> None:
+    """Spend every open token about one key (its claim moved to another address)."""
+    ctx.session.execute(
+        update(Token)
+        .where(Token.account_id == account_id, Token.api_key_id == api_key_id, Token.used_at.is_(None))
         .values(used_at=ctx.now)
     )

@@ -135,7 +135,9 @@ def install(app: FastAPI, service: Keychest) -> None:
             if done.sign_in:
                 target = safe_next(unquote(request.cookies.get(NEXT_COOKIE, ""))) or "/"
                 response = RedirectResponse(target, status_code=303)
-                session.sign_in(service, response, done.account_id, secure=_secure(service))
+                await asyncio.to_thread(
+                    session.sign_in, service, response, done.account_id, secure=_secure(service)
+                )
                 response.delete_cookie(NEXT_COOKIE, path="/")
                 return response
             return page("message.html", title=title, message=done.message, ok=True)

@@ -1,7 +1,9 @@
 """Signed-cookie sessions for the dashboard: no passwords, signed in by mailed links.
 
-The cookie holds only the account id and a timestamp, signed with the installation's
-secret (service.secrets), HttpOnly and SameSite=Lax. CSRF tokens for forms derive from it.
+The cookie holds only the account id, the account's session version and a timestamp, signed
+with the installation's secret (service.secrets), HttpOnly and SameSite=Lax. CSRF tokens for
+forms derive from it. The version is checked against the database on every request: bumping
+it (sign-out, which signs out everywhere, a block, a key revoked) ends every cookie at once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hmac
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from keychest.service import secrets
+from keychest.service import accounts, secrets
 from keychest.service.facade import Keychest
 
 COOKIE = "keychest_session"
@@ -29,7 +31,10 @@ def _serializer(service: Keychest) -> URLSafeTimedSerializer:
 
 
 def sign_in(service: Keychest, response: Response, account_id: int, *, secure: bool = False) -> None:
-    token = _serializer(service).dumps({"account": account_id})
+    version = service.read(accounts.session_version, account_id)
+    if version is None:
+        return  # a blocked account gets no session
+    token = _serializer(service).dumps({"account": account_id, "v": version})
     response.set_cookie(
         COOKIE, token, max_age=MAX_AGE_S, httponly=True, samesite="lax", secure=secure, path="/"
     )
@@ -37,6 +42,11 @@ def sign_in(service: Keychest, response: Response, account_id: int, *, secure: b
 
 def sign_out(response: Response) -> None:
     response.delete_cookie(COOKIE, path="/")
+
+
+def end_all(service: Keychest, account_id: int, *, ip: str | None) -> None:
+    """Sign the account out everywhere: every cookie signed so far stops working."""
+    service.call(accounts.end_sessions, account_id, ip=ip)
 
 
 def current_account_id(service: Keychest, request: Request) -> int | None:
@@ -47,8 +57,14 @@ def current_account_id(service: Keychest, request: Request) -> int | None:
         data = _serializer(service).loads(token, max_age=MAX_AGE_S)
     except BadSignature:
         return None
-    account = data.get("account") if isinstance(data, dict) else None
-    return account if isinstance(account, int) else None
+    if not isinstance(data, dict):
+        return None
+    account, version = data.get("account"), data.get("v")
+    if not isinstance(account, int) or not isinstance(version, int):
+        return None  # cookies from before session versions count as signed out
+    if service.read(accounts.session_version, account) != version:
+        return None
+    return account
 
 
 def csrf_token(service: Keychest, request: Request) -> str:
