@@ -66,6 +66,7 @@ def mailed_link(env: WebEnv, part: str, *, after: int = 0) -> str:
 
 def test_sign_in_overview_keys_and_settings(web_env: WebEnv, owner: dict[str, str], browser) -> None:  # type: ignore[no-untyped-def]
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    asked = _same_origin_only(context, web_env.url)
     page = context.new_page()
     page.on("dialog", lambda dialog: dialog.accept())
 
@@ -158,6 +159,9 @@ def test_sign_in_overview_keys_and_settings(web_env: WebEnv, owner: dict[str, st
     assert forged.status_code == 403
     session_cookie = next(c for c in context.cookies() if c["name"] == "keychest_session")
     assert session_cookie["httpOnly"] and session_cookie["sameSite"] == "Lax"
+    # Every page above, its styles, script and favicon, came from this server alone.
+    assert any(url.endswith("/static/favicon.svg") for url in asked)
+    assert [url for url in asked if not url.startswith(web_env.url + "/")] == []
     context.close()
 
 
