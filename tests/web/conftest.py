@@ -119,3 +119,38 @@ def web_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebEnv]:
             yield WebEnv(server, smtp, certs, ports, leaves)
         finally:
             server.stop()
+
+
+@dataclass
+class LimitedEnv:
+    """A server of its own with low REST limits and a /metrics token (the shared one has none)."""
+
+    server: LiveServer
+    metrics_token: str
+    per_minute: int = 5
+    failed_keys_per_minute: int = 3
+
+    def client(self, source: str) -> httpx.Client:
+        transport = httpx.HTTPTransport(local_address=source)
+        return httpx.Client(base_url=self.server.http_url, transport=transport, timeout=10)
+
+
+@pytest.fixture(scope="package")
+def limited_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LimitedEnv]:
+    from tests.support.server import start_server
+
+    base = tmp_path_factory.mktemp("limited")
+    token_file = base / "metrics.token"
+    token_file.write_text("s3cret-metrics-token-0123\n")
+    server = start_server(
+        base / "data",
+        "--rest-requests-per-minute", "5",
+        "--rest-failed-keys-per-minute", "3",
+        "--keys-per-ip-per-hour", "0",
+        "--metrics-token-file", str(token_file),
+    )  # fmt: skip
+    try:
+        wait_for_port(server.http_port)
+        yield LimitedEnv(server, "s3cret-metrics-token-0123")
+    finally:
+        server.stop()

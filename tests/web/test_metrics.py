@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from keychest.client import LineClient
-from tests.web.conftest import SITES, WebEnv
+from tests.web.conftest import SITES, LimitedEnv, WebEnv
 from tests.web.test_rest import leaf_facts
 
 pytestmark = pytest.mark.timeout(120)
@@ -79,3 +83,30 @@ def test_line_requests_by_command_and_code(web_env: WebEnv) -> None:
     assert re.search(r'keychest_line_requests_total\{code="200",command="ping"\} [1-9]', text)
     assert re.search(r'keychest_line_requests_total\{code="401",command="expiration"\} [1-9]', text)
     assert re.search(r'keychest_line_requests_total\{code="404",command="other"\} [1-9]', text)
+
+
+def test_metrics_token(limited_env: LimitedEnv) -> None:
+    url = f"{limited_env.server.http_url}/metrics"
+    token = limited_env.metrics_token
+    anonymous = httpx.get(url)
+    wrong = httpx.get(url, headers={"Authorization": "Bearer not-the-token"})
+    basic = httpx.get(url, auth=("metrics", token))
+    right = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
+    for refused in (anonymous, wrong, basic):
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "keychest_" not in refused.text
+    assert right.status_code == 200 and "keychest_line_requests" in right.text
+    # The other routes do not want the token.
+    assert httpx.get(f"{limited_env.server.http_url}/healthz").text == "ok\n"
+
+
+def test_empty_metrics_token_file_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "keychest", "serve", "--data-dir", str(tmp_path / "data"),
+         "--metrics-token-file", str(empty)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "--metrics-token-file" in done.stderr and "empty" in done.stderr

@@ -11,18 +11,22 @@ Two kinds, because keychest may run as several processes (``--role scanner`` and
   errors) are ordinary in-memory counters and histograms, fed by ``servers.roles`` through
   :func:`observe_line` and :func:`observe_scan`.
 
+With ``--metrics-token-file``, /metrics answers only a scraper that sends that token as
+``Authorization: Bearer``: the per-address gauges name every account's hosts.
+
 Names follow blackbox_exporter (``probe_ssl_earliest_cert_expiry``, ``probe_success``)
 with a ``keychest_`` prefix; see docs/metrics.md.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -161,8 +165,23 @@ def install(app: FastAPI, service: Keychest) -> None:
     scans = CollectorRegistry(auto_describe=False)
     scans.register(ScanResultsCollector(service))
 
+    token = service.settings.metrics_token
+
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        if token is not None and not _bearer_matches(request, token):
+            return PlainTextResponse(
+                "/metrics needs Authorization: Bearer TOKEN (see --metrics-token-file)\n",
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
         # Two registries, one exposition: metric names never overlap between them.
         body = generate_latest(scans) + generate_latest(PROCESS)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_matches(request: Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # Compared in constant time: the token is the only thing between a stranger and every
+    # account's host names.
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())

@@ -164,8 +164,6 @@ class RateHeaders:
                 headers = list(message.get("headers") or [])
                 headers.append((b"x-ratelimit-limit", str(quota.limit).encode()))
                 headers.append((b"x-ratelimit-remaining", str(quota.remaining).encode()))
-                if not quota.allowed:
-                    headers.append((b"retry-after", str(quota.retry_after_s).encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
