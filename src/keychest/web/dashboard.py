@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from keychest.scan.judge import days_left as judge_days_left
 from keychest.scan.runner import ScanOptions
-from keychest.service import certificates, overview, servers
+from keychest.service import certificates, overview, preferences, servers
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
 from keychest.service.scans import rescan_for_account
@@ -145,9 +145,9 @@ def calendar_svg(cal: overview.Calendar) -> Markup:
                 f'text-anchor="middle">{total}</text>'
             )
         # The year wherever it changes, so December and the January after it are not misread.
-        label = f"{month:%b %Y}" if index == 0 or month.month == 1 else f"{month:%b}"
+        axis = f"{month:%b %Y}" if index == 0 or month.month == 1 else f"{month:%b}"
         parts.append(
-            f'<text x="{x + bar_w / 2:.1f}" y="{height - 8}" class="axis" text-anchor="middle">{label}</text>'
+            f'<text x="{x + bar_w / 2:.1f}" y="{height - 8}" class="axis" text-anchor="middle">{axis}</text>'
         )
     parts.append("</svg>")
     return Markup("".join(parts))
@@ -237,7 +237,8 @@ def install(app: FastAPI, service: Keychest) -> None:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     async def account_or_none(request: Request) -> overview.AccountInfo | None:
-        account_id = pages.signed_in(request)
+        # Checking the cookie's session version reads the database: off the event loop.
+        account_id = await run_in_threadpool(pages.signed_in, request)
         if account_id is None:
             return None
         try:
@@ -371,7 +372,12 @@ def install(app: FastAPI, service: Keychest) -> None:
             await pages.db(fn, account.id, key_id, request=request)
         except ServiceError as exc:
             return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
-        return _back("/keys", done)
+        response = _back("/keys", done)
+        if done == "revoked":
+            # Revoking a key ends every session of the account; the one that did it goes on.
+            secure = service.settings.mail.public_url.startswith("https://")
+            await run_in_threadpool(session.sign_in, service, response, account.id, secure=secure)
+        return response
 
     @app.post("/keys/{key_id}/revoke", include_in_schema=False)
     async def key_revoke(key_id: int, request: Request) -> Response:
@@ -386,7 +392,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         account = await account_or_none(request)
         if account is None:
             return pages.to_signin(request)
-        prefs = await pages.db(_preferences().get, account.id, request=request)
+        prefs = await pages.db(preferences.get, account.id, request=request)
         return pages.render(request, "settings.html", account, **_settings_values(prefs, None, None))
 
     @app.post("/settings", include_in_schema=False)
@@ -397,7 +403,6 @@ def install(app: FastAPI, service: Keychest) -> None:
         form = await pages.form(request)
         if form is None:
             return _forbidden()
-        prefs_module = _preferences()
         if form.get("action") == "unsubscribe":
             changes: dict[str, Any] = {"alerts_enabled": False, "weekly_enabled": False}
         else:
@@ -415,9 +420,9 @@ def install(app: FastAPI, service: Keychest) -> None:
                 "timezone": form.get("timezone", "").strip(),
             }
         try:
-            await pages.db(lambda ctx: prefs_module.update(ctx, account.id, **changes), request=request)
+            await pages.db(lambda ctx: preferences.update(ctx, account.id, **changes), request=request)
         except ServiceError as exc:
-            prefs = await pages.db(prefs_module.get, account.id, request=request)
+            prefs = await pages.db(preferences.get, account.id, request=request)
             return pages.render(
                 request, "settings.html", account, status=exc.code, **_settings_values(prefs, exc.text, form)
             )
@@ -427,19 +432,18 @@ def install(app: FastAPI, service: Keychest) -> None:
     async def signout(request: Request) -> Response:
         if await pages.form(request) is None:
             return _forbidden()
+        account_id = await run_in_threadpool(pages.signed_in, request)
+        if account_id is not None:
+            # Server-side: every cookie of the account stops working, not just this browser's.
+            await run_in_threadpool(session.end_all, service, account_id, ip=_ip(request))
         response = RedirectResponse("/signin", status_code=303)
         session.sign_out(response)
         return response
 
 
-def _preferences() -> Any:
-    # The mail side's module; imported when used so the rest of the dashboard works without it.
-    from keychest.service import preferences
-
-    return preferences
-
-
-def _settings_values(prefs: Any, error: str | None, form: dict[str, str] | None) -> dict[str, Any]:
+def _settings_values(
+    prefs: preferences.Preferences, error: str | None, form: dict[str, str] | None
+) -> dict[str, Any]:
     values = {
         "notify_email": prefs.notify_email or "",
         "expiry_thresholds": ", ".join(str(d) for d in prefs.expiry_thresholds),
