@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,13 +25,19 @@ def open_service(db_url: str | None, data_dir: Path, *, public_url: str | None =
     return Keychest(db, Settings(db_url=db.url, data_dir=data_dir, mail_domain="", mail=mail))
 
 
+# Wider than any row: piped output (| grep, > file) is for reading whole values, never cut.
+PIPED_WIDTH = 100_000
+
+
 def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
     table = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        # On a terminal too narrow for a value, wrap it rather than cut it with an ellipsis.
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
-    Console().print(table)
+    console = Console() if sys.stdout.isatty() else Console(width=PIPED_WIDTH)
+    console.print(table)
 
 
 def _iso(value: object) -> object:
