@@ -48,7 +48,8 @@ def test_first_seen_inside_several_thresholds_gets_one_alert_for_the_tightest() 
     alerts = run([endpoint(1, cert(1, 5 * DAY, lifetime=365 * DAY))])
     assert [a.kind for a in alerts] == ["expiry"]
     assert alerts[0].key == f"expiry:1:{7 * 86400}"
-    assert "5 days" in alerts[0].title and alerts[0].severity == "warning"
+    # 5 days left is under the scanner's --crit-days (7): critical, as the scanner says.
+    assert "5 days" in alerts[0].title and alerts[0].severity == "critical"
 
 
 def test_each_threshold_crossed_exactly_once_over_time() -> None:
@@ -137,7 +138,27 @@ def test_issuer_change_alerts_but_not_the_same_ca_rotating_intermediates() -> No
     assert "Other CA" in alerts[0].detail
 
 
-def test_subject_of_a_bundle() -> None:
+def test_subject_names_the_host() -> None:
     alerts = run([endpoint(1, cert(1, -DAY)), endpoint(2, cert(2, 10 * DAY, lifetime=365 * DAY))])
-    assert subject(alerts) == "2 certificate alerts (1 critical)"
-    assert subject(alerts[:1]).startswith("Certificate expired")
+    assert subject(alerts) == "keychest: 2 certificate alerts (1 critical), first e1.example.net"
+    assert subject(alerts[:1]) == "keychest: e1.example.net certificate expired"
+    one = run(
+        [endpoint(3, cert(3, 4 * DAY + 23 * timedelta(hours=1), lifetime=365 * DAY), name="www.example.net")]
+    )
+    assert subject(one) == "keychest: www.example.net expires in 4 days"
+
+
+def test_one_number_and_one_severity_with_the_scanner() -> None:
+    # Issue 11 item 7: 4 days 23 hours left is "4 days" (days_left, rounded down), never
+    # "in 5 days"; and the severity is the scanner's for the same dates and thresholds.
+    from keychest.scan.judge import Severity, days_left, expiry_severity
+
+    left = 4 * DAY + timedelta(hours=23)
+    c = cert(1, left, lifetime=365 * DAY)
+    (alert,) = run([endpoint(1, c)])
+    assert days_left(c.not_after, NOW) == 4
+    assert "expires in 4 days" in alert.title and "5 days" not in alert.title + alert.detail
+    assert alert.severity == "critical" and expiry_severity(c.not_after, NOW, 30, 7) == Severity.CRITICAL
+    # With the scanner's critical threshold at 3 days, the same certificate is a warning.
+    (relaxed,) = run([endpoint(1, c)], policy=Policy(warn_days=30, crit_days=3))
+    assert relaxed.severity == "warning"

@@ -117,3 +117,25 @@ def test_message_headers_and_parts() -> None:
     # A retry of the same row keeps its Message-ID: a duplicate is recognisable as one.
     again = build_message(settings, outgoing, datetime(2026, 12, 1, 11, 0))
     assert again["Message-ID"] == message["Message-ID"]
+
+
+def test_certificate_strings_cannot_add_lines_to_text_mails() -> None:
+    # Issue 10 item 7: a subject, issuer or SAN is the certificate owner's text; a control
+    # character in it is shown escaped, so it cannot forge a line ("Dashboard: https://evil").
+    evil = "www.example.net\nDashboard: https://evil.example/\r\x1b[31m\u2028x"
+    alert = {
+        "key": "k",
+        "kind": "expiry",
+        "severity": "critical",
+        "title": f"Certificate expires in 2 days: {evil}",
+        "detail": f"The certificate from {evil} expires soon. " + "word " * 30,
+        "endpoints": [evil],
+    }
+    text, html = render.render("alerts", **{**CONTEXTS["alerts"], "alerts": [alert]})
+    lines = text.splitlines()
+    assert not any(line.lstrip().startswith("Dashboard: https://evil") for line in lines)
+    assert "\x1b" not in text and "\u2028" not in text and "\r" not in text
+    assert "www.example.net\\nDashboard: https://evil.example/\\r\\x1b[31m\\u2028x" in text
+    # Wrapping still lays out long details on indented lines of the template's own making.
+    assert any(line.startswith("  word") for line in lines)
+    assert "\x1b" not in html

@@ -78,3 +78,12 @@ def test_buckets() -> None:
 def test_nothing_to_say_when_all_is_fine() -> None:
     report = build([ep(1, ok(cert(1, 60 * DAY)))], [], NOW)
     assert not report.has_news and report.fine == 1
+
+
+def test_days_left_rounded_down_as_everywhere_else() -> None:
+    # Issue 11 item 7: the dashboard, the line API and `scan` say "4 days" for 4 days 23 hours.
+    report = build(
+        [ep(1, AddressFacts("192.0.2.1", "critical", cert(1, 4 * DAY + timedelta(hours=23))))], [], NOW
+    )
+    (row,) = report.expiring_soon
+    assert "in 4 days" in row.text and "5 days" not in row.text

@@ -27,18 +27,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from keychest.notify.facts import CertChange, CertInfo, EndpointFacts, days, describe_left
+from keychest.scan.judge import Severity, expiry_severity
 
 DEFAULT_THRESHOLDS = (28, 14, 7, 3, 1)
 SHORT_LIVED = timedelta(days=30)
 ACME_MAX_LIFETIME = timedelta(days=100)
 ISSUER_CHANGE_WINDOW = timedelta(days=7)
-CRITICAL_LEFT = timedelta(days=3)
 
 
 @dataclass(frozen=True)
 class Policy:
     thresholds_days: tuple[int, ...] = DEFAULT_THRESHOLDS
     down_grace: timedelta = timedelta(hours=1)
+    # The scanner's thresholds (--warn-days, --crit-days): an expiry alert carries the severity
+    # the scanner, the dashboard and the metrics give the same certificate.
+    warn_days: int = 30
+    crit_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class Alert:
     title: str  # one line, for the subject and the list
     detail: str  # one or two sentences: what we saw and what to do
     endpoints: tuple[str, ...] = field(default=())
+    # What happened, after the host name, for a subject: "expires in 4 days", "unreachable".
+    headline: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -118,6 +124,7 @@ def decide(
                         f"The certificate from {cert.issuer} expired on {cert.not_after:%Y-%m-%d %H:%M} UTC "
                         "and is still being served. Visitors see an error until it is replaced.",
                         names,
+                        "certificate expired",
                     )
                 )
             continue
@@ -128,15 +135,18 @@ def decide(
             tightest = min(crossed)
             tightest_s = int(tightest.total_seconds())
             if not any(s <= tightest_s for s in _expiry_sent_at_or_below(sent, cert.id)):
+                severity = expiry_severity(cert.not_after, now, policy.warn_days, policy.crit_days)
                 alerts.append(
                     Alert(
                         f"expiry:{cert.id}:{tightest_s}",
                         "expiry",
-                        "critical" if left <= CRITICAL_LEFT else "warning",
+                        # A threshold of the account's crossed before the scanner's: a warning.
+                        "critical" if severity == Severity.CRITICAL else "warning",
                         f"Certificate expires in {describe_left(left)}: {where}",
                         f"The certificate from {cert.issuer} expires on {cert.not_after:%Y-%m-%d %H:%M} UTC "
                         f"({describe_left(left)} from now).",
                         names,
+                        f"expires in {describe_left(left)}",
                     )
                 )
         if _is_acme_style(cert) and left < cert.lifetime / 3:
@@ -154,6 +164,7 @@ def decide(
                         "Automatic renewal normally happens with a third left: check certbot (or your "
                         "ACME client) and its deploy hook.",
                         names,
+                        "renewal overdue",
                     )
                 )
 
@@ -173,6 +184,7 @@ def decide(
                             f"than the other addresses of {endpoint.name}: the renewal did not reach this "
                             "server. Reload it or copy the new certificate there.",
                             (endpoint.name,),
+                            f"serves an old certificate at {address.ip}",
                         )
                     )
             if address.error_kind is not None and address.error_since is not None:
@@ -191,6 +203,7 @@ def decide(
                         f"{endpoint.name}{at} has failed every scan since "
                         f"{address.error_since:%Y-%m-%d %H:%M} UTC: {address.error or address.error_kind}.",
                         (endpoint.name,),
+                        f"unreachable{at}",
                     )
                 )
 
@@ -213,6 +226,7 @@ def decide(
                 f"from {change.new.issuer} instead of {change.old.issuer}. If nobody here changed CA, "
                 "check who can obtain certificates for this name.",
                 (change.endpoint,),
+                "certificate changed issuer",
             )
         )
 
@@ -220,9 +234,21 @@ def decide(
     return alerts
 
 
+def _host(alert: Alert) -> str:
+    first = alert.endpoints[0] if alert.endpoints else "?"
+    more = len(alert.endpoints) - 1
+    return f"{first} (+{more} more)" if more > 0 else first
+
+
 def subject(alerts: Sequence[Alert]) -> str:
+    """Names the host, so a mail client's list says which server needs looking at:
+    ``keychest: www.example.net expires in 4 days``, or the count and the first host."""
     if len(alerts) == 1:
-        return alerts[0].title
+        alert = alerts[0]
+        return f"keychest: {_host(alert)} {alert.headline or alert.title}"
     critical = sum(1 for a in alerts if a.severity == "critical")
-    head = f"{len(alerts)} certificate alerts"
-    return f"{head} ({critical} critical)" if critical else head
+    head = f"keychest: {len(alerts)} certificate alerts"
+    if critical:
+        head += f" ({critical} critical)"
+    # decide() puts the most urgent first.
+    return f"{head}, first {_host(alerts[0])}"

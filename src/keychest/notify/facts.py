@@ -71,11 +71,14 @@ def days(delta: timedelta) -> float:
 
 
 def describe_left(delta: timedelta) -> str:
-    """ "5 days", "1 day", "7 hours": how much time is left, in the unit people think in."""
+    """ "4 days", "1 day", "7 hours": how much time is left, in the unit people think in.
+
+    Whole days are the documented ``days_left`` (rounded down, as the scanner, the dashboard
+    and the line API count): 4 days 23 hours is "4 days" in every view and mail.
+    """
     seconds = delta.total_seconds()
     if seconds >= 2 * 86400:
-        # Rounded: a certificate with 4 days 23 hours left "expires in 5 days" to anyone reading.
-        return f"{round(seconds / 86400)} days"
+        return f"{int(seconds // 86400)} days"
     if seconds >= 86400:
         return "1 day"
     hours = max(int(seconds // 3600), 0)

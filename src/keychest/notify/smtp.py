@@ -11,6 +11,7 @@ from email.message import EmailMessage
 import aiosmtplib
 
 from keychest.config import MailSettings
+from keychest.notify.headers import MAIL_POLICY
 from keychest.notify.mail import Outgoing
 
 TIMEOUT_S = 60.0
@@ -26,7 +27,8 @@ def message_id(mail_id: int, created_at: datetime, mail_from: str) -> str:
 
 def build_message(settings: MailSettings, outgoing: Outgoing, now: datetime) -> EmailMessage:
     mail = outgoing.mail
-    message = EmailMessage()
+    # List-Unsubscribe written plain, never RFC 2047 encoded (RFC 8058): see notify/headers.py.
+    message = EmailMessage(policy=MAIL_POLICY)
     message["From"] = settings.mail_from
     message["To"] = outgoing.to_addr
     message["Subject"] = mail.subject

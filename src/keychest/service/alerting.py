@@ -200,7 +200,10 @@ def run_pass(ctx: Ctx) -> PassResult:
             ctx.now,
             sent_keys(ctx, account.id),
             alert_rules.Policy(
-                thresholds_days=pref.expiry_thresholds, down_grace=timedelta(minutes=pref.down_grace_minutes)
+                thresholds_days=pref.expiry_thresholds,
+                down_grace=timedelta(minutes=pref.down_grace_minutes),
+                warn_days=ctx.settings.scan.warn_days,
+                crit_days=ctx.settings.scan.crit_days,
             ),
         )
         if not found:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select
+from datetime import datetime
+
+from sqlalchemy import func, insert, select
 
 from keychest.service.context import Ctx
 from keychest.store.models import AuditEvent
@@ -53,3 +55,22 @@ def record_many(ctx: Ctx, rows: list[dict[str, object]]) -> None:
 def recent(ctx: Ctx, *, limit: int = 100) -> list[AuditEvent]:
     rows = ctx.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
     return list(rows)
+
+
+def count_since(
+    ctx: Ctx,
+    event: str,
+    since: datetime,
+    *,
+    subject: str | None = None,
+    account_id: int | None = None,
+) -> int:
+    """How many ``event`` rows since a moment (for one subject and/or account): quotas."""
+    query = (
+        select(func.count()).select_from(AuditEvent).where(AuditEvent.event == event, AuditEvent.at >= since)
+    )
+    if subject is not None:
+        query = query.where(AuditEvent.subject == subject)
+    if account_id is not None:
+        query = query.where(AuditEvent.account_id == account_id)
+    return int(ctx.session.scalar(query) or 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields, replace
+from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,6 +19,10 @@ from keychest.store.models import Account, AccountPreferences
 DEFAULT_THRESHOLDS: tuple[int, ...] = (28, 14, 7, 3, 1)
 TIME_PATTERN = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 MAX_THRESHOLDS = 10
+# Mails an owner's own actions send (the notification-address confirmation): per account and
+# per recipient in a day, so the setting cannot be used to mail-bomb a chosen address.
+OWNER_MAILS_PER_ACCOUNT_PER_DAY = 5
+OWNER_MAILS_PER_RECIPIENT_PER_DAY = 3
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,8 @@ def update(ctx: Ctx, account_id: int, **changes: Any) -> Preferences:
     address_changed = new.notify_email != current.notify_email
     if address_changed:
         new = replace(new, notify_email_confirmed=False)
+        if new.notify_email is not None:
+            _check_owner_mail_rate(ctx, account_id, new.notify_email)
     if row is None:
         row = AccountPreferences(account_id=account_id)
         ctx.session.add(row)
@@ -163,8 +170,21 @@ def update(ctx: Ctx, account_id: int, **changes: Any) -> Preferences:
             account_id=account_id,
             payload={"ip": ctx.ip, "at": ctx.now.isoformat()},
         )
+        audit.record(ctx, "mail_confirm_address", account_id=account_id, subject=new.notify_email)
     audit.record(ctx, "preferences", account_id=account_id, detail=",".join(sorted(changes)))
     return new
+
+
+def _check_owner_mail_rate(ctx: Ctx, account_id: int, recipient: str) -> None:
+    since = ctx.now - timedelta(days=1)
+    if audit.count_since(ctx, "mail_confirm_address", since, account_id=account_id) >= (
+        OWNER_MAILS_PER_ACCOUNT_PER_DAY
+    ):
+        raise errors.rate_limited("too many confirmation mails from this account today; try again tomorrow")
+    if audit.count_since(ctx, "mail_confirm_address", since, subject=recipient) >= (
+        OWNER_MAILS_PER_RECIPIENT_PER_DAY
+    ):
+        raise errors.rate_limited("too many confirmation mails to this address today; try again tomorrow")
 
 
 def confirm_address(ctx: Ctx, account_id: int, email: str) -> bool:
