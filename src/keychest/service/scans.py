@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, case, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keychest.scan.judge import CertFacts
@@ -494,25 +494,31 @@ def _mark_due(ctx: Ctx, endpoint_ids: set[int]) -> int:
 def schedule_after_add(ctx: Ctx, endpoint_ids: Collection[int]) -> set[int]:
     """The endpoints of re-added domains that will be scanned within seconds.
 
-    One UPDATE per 500 endpoints (the write batcher's whole batch goes through here): those
-    not scanned in the last RECENT_SCAN_S come due RESCAN_AFTER_ADD_S from now, unless they
-    are due sooner already; both kinds count as scheduled.
+    Those not scanned in the last RECENT_SCAN_S come due RESCAN_AFTER_ADD_S from now, unless
+    they are due sooner already; both kinds count as scheduled. One UPDATE and one SELECT per
+    500 endpoints, whatever the write batcher's batch holds, and only rows that change are
+    written (an unchanged row rewritten would still cost its page in the commit).
     """
     if not endpoint_ids:
         return set()
     soon = ctx.now + timedelta(seconds=RESCAN_AFTER_ADD_S)
     recent = ctx.now - timedelta(seconds=RECENT_SCAN_S)
-    due_soon = Endpoint.next_scan_at <= soon
     scheduled: set[int] = set()
     for chunk in chunks(endpoint_ids):
+        scheduled.update(
+            ctx.session.scalars(
+                select(Endpoint.id).where(Endpoint.id.in_(chunk), Endpoint.next_scan_at <= soon)
+            )
+        )
         scheduled.update(
             ctx.session.scalars(
                 update(Endpoint)
                 .where(
                     Endpoint.id.in_(chunk),
-                    or_(due_soon, Endpoint.last_scan_at.is_(None), Endpoint.last_scan_at <= recent),
+                    Endpoint.next_scan_at > soon,
+                    or_(Endpoint.last_scan_at.is_(None), Endpoint.last_scan_at <= recent),
                 )
-                .values(next_scan_at=case((due_soon, Endpoint.next_scan_at), else_=soon))
+                .values(next_scan_at=soon)
                 .returning(Endpoint.id)
                 .execution_options(synchronize_session=False)
             )
