@@ -49,6 +49,7 @@ class _Handler:
         assert isinstance(message, EmailMessage)
         with self.sink.lock:
             self.sink.messages.append(message)
+            self.sink.raw.append(raw)
             self.sink.envelopes.append((envelope.mail_from or "", list(envelope.rcpt_tos)))
         return "250 Message accepted"
 
@@ -57,6 +58,8 @@ class SmtpSink:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.messages: list[EmailMessage] = []
+        # The bytes as received, for checks the parser would smooth over (header folding).
+        self.raw: list[bytes] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.lock = threading.Lock()
         # An SMTP reply to give every RCPT instead of accepting it, e.g. "451 4.3.0 try later".
@@ -80,6 +83,7 @@ class SmtpSink:
     def clear(self) -> None:
         with self.lock:
             self.messages.clear()
+            self.raw.clear()
             self.envelopes.clear()
 
     def matching(self, predicate: Callable[[EmailMessage], bool] | None = None) -> list[EmailMessage]:
