@@ -240,7 +240,9 @@ class LineConnection(asyncio.Protocol):
             self._request(self.framer.take_pending())
         self.closing = True
         self._flush()
-        return True  # keep the socket open for writing until every answer went out
+        # Plain TCP: keep the socket open for writing until every answer went out. TLS cannot
+        # half-close (asyncio closes after the peer's close_notify whatever this returns).
+        return self.server.tls is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)

@@ -138,12 +138,9 @@ class Process:
         tasks: list[asyncio.Task[None]] = []
         try:
             # Every listener is bound before anything is announced: a port in use is one
-            # clear line and a non-zero exit, never a half-started server.
-            for line, flag in zip(lines, ("--line-listen", "--line-tls-listen"), strict=False):
-                try:
-                    await line.start()
-                except OSError as exc:
-                    raise _listen_failure(line.host, line.port, flag, exc) from None
+            # clear line and a non-zero exit, never a half-started server. The plain line API
+            # opens last, so whoever waits for its port finds every other listener ready
+            # (the HTTP socket queues connections until uvicorn serves it).
             try:
                 sock = bind(settings.http_host, settings.http_port)
             except OSError as exc:
@@ -154,6 +151,13 @@ class Process:
                 if tasks[0].done():
                     raise StartupError(f"the HTTP server did not start: {tasks[0].exception()!r}")
                 await asyncio.sleep(0.01)
+            for line, flag in reversed(
+                list(zip(lines, ("--line-listen", "--line-tls-listen"), strict=False))
+            ):
+                try:
+                    await line.start()
+                except OSError as exc:
+                    raise _listen_failure(line.host, line.port, flag, exc) from None
             await self._serve(service, lines, http, tasks)
         finally:
             for line in lines:
