@@ -83,7 +83,7 @@ def test_no_raw_secret_in_the_database_or_the_logs(server_factory, db_url: str, 
         assert http(server, SRC).post(signin).status_code == 303
 
         # REST: a client-chosen key claimed for the same address (pending: approve by mail).
-        chosen = "Chosen-Secret-Key-0123456789-abcdef"
+        chosen = "Chosen-Secret-Key-7f3a9c2e5b81d4f6a0e9"
         secrets["chosen key"] = chosen
         with http(server, SRC) as rest:
             answer = rest.post(
