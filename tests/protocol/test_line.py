@@ -137,3 +137,33 @@ def test_long_texts_are_cut_to_fit_one_read() -> None:
         and lines[0].startswith(b"data ddd")
         and lines[1].startswith(b"status ok")
     )
+
+
+@pytest.mark.parametrize(
+    ("line", "hint"),
+    [
+        (b"ping", "requests look like: command ping"),
+        (b"HELP", "requests look like: command help"),
+        (b"add apikey K domain x.org", "requests look like: command add apikey K domain D[:port]"),
+        (b"apikey K", "requests look like: command apikey"),
+        (b"hello", "requests look like: command ping"),
+    ],
+)
+def test_a_line_without_command_gets_an_example(line: bytes, hint: str) -> None:
+    with pytest.raises(LineError) as caught:
+        parse_request(line)
+    assert caught.value.code == 400
+    assert caught.value.text.endswith(hint)
+    raw = format_response(caught.value.response()).decode()
+    assert raw.endswith(hint + "\n")  # not cut by the status text's limit
+
+
+def test_help_gives_every_command_with_its_syntax_in_one_status_line() -> None:
+    from keychest.protocol.line import COMMANDS, MAX_STATUS_TEXT, help_text
+
+    text = help_text()
+    assert len(text) <= MAX_STATUS_TEXT
+    for spec in COMMANDS.values():
+        assert spec.summary.removeprefix("command ") in text
+    assert "claim apikey K email E" in text and "add apikey K domain D[:port]" in text
+    assert format_response(Response(200, text)).decode() == f"status ok 200 {text}\n"

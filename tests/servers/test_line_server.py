@@ -161,14 +161,20 @@ def test_too_many_connections_get_503(server_factory) -> None:  # type: ignore[n
     server = server_factory("--max-connections", "3")
     held = [socket.create_connection(("127.0.0.1", server.line_port)) for _ in range(3)]
     try:
-        time.sleep(0.2)
+        # Each held connection answered: the server has counted all three.
+        for sock in held:
+            sock.sendall(b"command ping\n")
+            assert sock.recv(100) == b"status ok 200 pong\n"
         got = raw_exchange(server.line_port, b"command ping\n")
         assert got.startswith(b"status error 503 ")
     finally:
         for sock in held:
             sock.close()
-    time.sleep(0.2)
-    assert raw_exchange(server.line_port, b"command ping\n") == b"status ok 200 pong\n"
+    # The places come free once the server has seen the closes: wait for that, not a while.
+    deadline = time.monotonic() + 10
+    while (got := raw_exchange(server.line_port, b"command ping\n")) != b"status ok 200 pong\n":
+        assert got.startswith(b"status error 503 "), got
+        assert time.monotonic() < deadline, "closed connections were never released"
 
 
 def test_apikey_flood_from_one_address_gets_429(server_factory) -> None:  # type: ignore[no-untyped-def]
