@@ -37,7 +37,9 @@ def tree(tmp_path: Path) -> CertbotTree:
 
 
 def deploy(tree: CertbotTree, port: int, domains: str = "www.example.net", **extra: str) -> HookRun:
-    env = clean_env(**{**server_env(port), "RENEWED_DOMAINS": domains, "KEYCHEST_EMAIL": "ops@example.org", **extra})
+    env = clean_env(
+        **{**server_env(port), "RENEWED_DOMAINS": domains, "KEYCHEST_EMAIL": "ops@example.org", **extra}
+    )
     return run_hook(tree.install_hook("deploy"), env)
 
 
@@ -77,7 +79,9 @@ def test_a_long_key_in_the_state_file_is_replaced(tree: CertbotTree) -> None:
     # What an old hook stored from a hostile server: every later run was refused with 413.
     tree.state_file.write_text(f"server=127.0.0.1:1\napikey={'a' * 2000}\nclaim=ok\nemail=a@example.org\n")
     with fake_server(keychest_like()) as server:
-        tree.state_file.write_text(tree.state_file.read_text().replace("127.0.0.1:1", f"127.0.0.1:{server.port}"))
+        tree.state_file.write_text(
+            tree.state_file.read_text().replace("127.0.0.1:1", f"127.0.0.1:{server.port}")
+        )
         run = deploy(tree, server.port)
     assert "not of key shape" in run.stderr
     assert server.commands() == ["apikey", "claim", "add"]
@@ -200,7 +204,12 @@ def test_wildcard_is_not_globbed_in_the_working_directory(tree: CertbotTree, tmp
     with fake_server(keychest_like()) as server:
         env.update(server_env(server.port))
         proc = subprocess.run(
-            ["bash", str(tree.install_hook("deploy"))], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+            ["bash", str(tree.install_hook("deploy"))],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     added = [r.split()[-1] for r in server.requests if r.startswith("command add")]
     assert added == ["www.example.com"]  # an old hook added planted.example.com
@@ -307,7 +316,8 @@ def test_certbot_command_line_of_another_user_is_not_trusted(tree: CertbotTree, 
     evil = CertbotTree.create(tmp_path / "evil")
     evil.write_log(
         "2026-11-26 18:47:14,423:DEBUG:certbot._internal.main:certbot version: 2.1.0\n"
-        "2026-11-26 18:47:14,423:DEBUG:certbot._internal.main:Arguments: ['-d', 'evil.example', '-m', 'evil@example.org']\n"
+        "2026-11-26 18:47:14,423:DEBUG:certbot._internal.main:Arguments: "
+        "['-d', 'evil.example', '-m', 'evil@example.org']\n"
     )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

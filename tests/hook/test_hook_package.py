@@ -38,7 +38,11 @@ def test_uses_no_curl_python_and_openssl_only_for_tls() -> None:
     tls_open = re.search(r"^tls_open\(\) \{\n.*?^\}\n", text, re.MULTILINE | re.DOTALL)
     assert tls_open is not None
     text = text.replace(tls_open.group(0), "")
-    lines = [re.sub(r'"[^"]*"|\s#\s.*$', "", line) for line in text.splitlines() if not line.lstrip().startswith("#")]
+    lines = [
+        re.sub(r'"[^"]*"|\s#\s.*$', "", line)
+        for line in text.splitlines()
+        if not line.lstrip().startswith("#")
+    ]
     code = "\n".join(line for line in lines if "command -v openssl" not in line)
     for tool in ("curl", "wget", "openssl", "python", "perl", "awk", "nc ", "jq", "socat"):
         assert not re.search(rf"(^|[\s;|(`$]){tool}\b", code), tool
