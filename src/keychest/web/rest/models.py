@@ -181,7 +181,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         403: "revoked key, a key claimed by another address, or a quota",
         404: "not found, or not the caller's",
         422: "invalid input",
+        413: "request body over 128 KiB",
         429: "too many requests",
+        503: "the database is unavailable; retry",
     }.items()
 }
 
