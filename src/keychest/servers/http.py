@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import h11
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -64,11 +63,7 @@ class GuardedH11Protocol(H11Protocol):
         waiting_for_headers = cycle is cycle_at_arming
         waiting_for_body = cycle is not None and not waiting_for_headers and cycle.more_body
         if waiting_for_headers or waiting_for_body:
-            if self.conn.our_state not in (h11.ERROR, h11.CLOSED):
-                self.conn.send(h11.ConnectionClosed())
-            if cycle is not None and not waiting_for_headers:
-                cycle.disconnected = True
-                cycle.message_event.set()
+            # connection_lost tells h11 and a waiting request cycle (it is disconnected).
             self.transport.close()
 
 
