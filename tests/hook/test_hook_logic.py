@@ -181,6 +181,16 @@ def test_all_registers_every_managed_certificate(tree: CertbotTree, live_server:
     assert "skip *.w.example" in run.stderr
 
 
+def test_all_says_when_there_is_no_renewal_folder(tmp_path: Path) -> None:
+    tree = CertbotTree.create(tmp_path / "state")  # certbot's folders, but no certificate yet
+    run = run_hook(tree.install_hook("post"), clean_env(**server_env(free_port())), "all")
+    assert run.returncode == 0
+    assert f"no renewal folder {tree.config}/renewal" in run.stderr
+    (tree.config / "renewal").mkdir()
+    run = run_hook(tree.install_hook("post"), clean_env(**server_env(free_port())), "all")
+    assert f"no certificate in {tree.config}/renewal" in run.stderr
+
+
 # ------------------------------------------------------------------ which email
 
 

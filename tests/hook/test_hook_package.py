@@ -50,6 +50,7 @@ def test_uses_no_curl_python_and_openssl_only_for_tls() -> None:
 
 def test_install_writes_a_configured_executable_hook(tmp_path: Path) -> None:
     target_dir = tmp_path / "letsencrypt" / "renewal-hooks" / "post"
+    target_dir.parent.mkdir(parents=True)  # certbot made renewal-hooks/; install makes post/
     result = CliRunner().invoke(
         hook,
         [
@@ -73,6 +74,46 @@ def test_install_writes_a_configured_executable_hook(tmp_path: Path) -> None:
     assert len(text.splitlines()) == len(HOOK.read_text().splitlines())
     assert subprocess.run(["bash", "-n", str(installed)]).returncode == 0
     assert list(target_dir.iterdir()) == [installed]  # no temporary file left behind
+    assert f"{installed} all" in result.output  # the reminder to register what certbot has
+    assert "KEYCHEST_TLS=${KEYCHEST_TLS:-0}\n" in text
+
+
+def test_install_refuses_a_folder_whose_parent_is_missing(tmp_path: Path) -> None:
+    target_dir = tmp_path / "letsencrypt" / "renewal-hooks" / "post"  # a typo, or no certbot here
+    result = CliRunner().invoke(hook, ["install", "--server", "mon.example", "--dir", str(target_dir)])
+    assert result.exit_code != 0
+    assert "does not exist" in result.output and str(target_dir.parent) in result.output
+    assert not (tmp_path / "letsencrypt").exists()
+
+
+def test_install_writes_tls_settings(tmp_path: Path) -> None:
+    pin = "sha256//" + "A" * 43 + "="
+    result = CliRunner().invoke(
+        hook, ["install", "--server", "mon.example", "--dir", str(tmp_path), "--pin", pin]
+    )
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "keychest-hook.sh").read_text()
+    assert "KEYCHEST_TLS=${KEYCHEST_TLS:-1}\n" in text
+    assert f"KEYCHEST_PIN=${{KEYCHEST_PIN:-{pin}}}\n" in text
+    shown = CliRunner().invoke(hook, ["show", "--server", "mon.example", "--ca-file", "/etc/keychest/ca.pem"])
+    assert "KEYCHEST_CA_FILE=${KEYCHEST_CA_FILE:-/etc/keychest/ca.pem}\n" in shown.output
+    assert "KEYCHEST_TLS=${KEYCHEST_TLS:-1}\n" in shown.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--pin", "sha256//short"],
+        ["--pin", "sha256//" + "A" * 43 + "=}$(id)"],
+        ["--ca-file", "/etc/ca.pem}$(id)"],
+        ["--ca-file", "relative.pem"],
+        ["--pin", "sha256//" + "A" * 43 + "=", "--ca-file", "/etc/ca.pem"],
+    ],
+)
+def test_install_refuses_bad_tls_settings(tmp_path: Path, args: list[str]) -> None:
+    result = CliRunner().invoke(hook, ["install", "--server", "mon.example", "--dir", str(tmp_path), *args])
+    assert result.exit_code != 0
+    assert not (tmp_path / "keychest-hook.sh").exists()
 
 
 def test_show_prints_the_hook_pristine_or_configured() -> None:

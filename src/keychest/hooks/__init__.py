@@ -17,6 +17,9 @@ DEFAULT_LINE_PORT = 10023
 # expansion or start another one (`}`, `$`, quotes, backslash, backquote, spaces) is refused.
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 _EMAIL = re.compile(r"[A-Za-z0-9.!#%&*+/=?^_|~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+# curl's --pinnedpubkey form: the base64 SHA-256 of the server's SubjectPublicKeyInfo (DER)
+PIN = re.compile(r"sha256//[A-Za-z0-9+/]{43}=")
+_PATH = re.compile(r"/[A-Za-z0-9._+,@%/=-]*")
 
 
 @dataclass(frozen=True)
@@ -26,8 +29,15 @@ class HookSettings:
     host: str
     port: int = DEFAULT_LINE_PORT
     email: str | None = None
+    tls: bool = False
+    pin: str | None = None
+    ca_file: str | None = None
 
     def __post_init__(self) -> None:
+        if self.pin is not None and not PIN.fullmatch(self.pin):
+            raise ValueError(f"not a key pin (sha256//<base64 of 32 bytes>): {self.pin!r}")
+        if self.ca_file is not None and not _PATH.fullmatch(self.ca_file):
+            raise ValueError(f"not an absolute path the hook can carry: {self.ca_file!r}")
         if not _HOST.fullmatch(self.host):
             raise ValueError(f"not a host name or address: {self.host!r}")
         if not 0 < self.port < 65536:
@@ -72,4 +82,8 @@ def render_hook(settings: HookSettings) -> str:
     """
     text = _set(hook_text(), "KEYCHEST_SERVER", settings.host)
     text = _set(text, "KEYCHEST_PORT", str(settings.port))
-    return _set(text, "KEYCHEST_EMAIL", settings.email or "")
+    text = _set(text, "KEYCHEST_EMAIL", settings.email or "")
+    tls = settings.tls or settings.pin is not None or settings.ca_file is not None
+    text = _set(text, "KEYCHEST_TLS", "1" if tls else "0")
+    text = _set(text, "KEYCHEST_PIN", settings.pin or "")
+    return _set(text, "KEYCHEST_CA_FILE", settings.ca_file or "")
