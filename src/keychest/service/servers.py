@@ -297,6 +297,14 @@ def list_for_key(ctx: Ctx, raw_key: str) -> list[ServerRow]:
     return _server_rows(ctx, visible_endpoints(key))
 
 
+def lookup(ctx: Ctx, raw_key: str, domain_text: str) -> tuple[ServerRow, dict[str, object]]:
+    """REST ``servers/lookup``: one of the key's servers as listed, with its expiration answer."""
+    answer = expiration(ctx, raw_key, domain_text)
+    # owned_endpoint has checked that the key sees it: one row, not the whole list.
+    endpoint = owned_endpoint(ctx, raw_key, domain_text)
+    return _server_rows(ctx, [endpoint.id])[0], answer
+
+
 def _unwatch(ctx: Ctx, endpoint_id: int, key_ids) -> int:  # type: ignore[no-untyped-def]
     removed = ctx.session.execute(
         delete(Watch).where(Watch.endpoint_id == endpoint_id, Watch.api_key_id.in_(key_ids))

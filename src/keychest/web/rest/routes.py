@@ -24,7 +24,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from keychest.service import certificates, compat, domains, scans, servers
-from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
 from keychest.web.rest.inputs import Exchange, Gate, required, respond, split_keychest_path
@@ -223,15 +222,8 @@ def _expiration(x: Exchange, domain: str) -> Any:
     return {**answer, **{k: v for k, v in echo.items() if k != "domain" and v is not None}}
 
 
-def _server_and_expiration(ctx: Ctx, key: str, domain: str) -> tuple[servers.ServerRow, dict[str, object]]:
-    answer = servers.expiration(ctx, key, domain)
-    endpoint = servers.owned_endpoint(ctx, key, domain)
-    row = next(r for r in servers.list_for_key(ctx, key) if r.id == endpoint.id)
-    return row, answer
-
-
 def _lookup(x: Exchange, domain: str) -> dict[str, Any]:
-    row, answer = x.call(_server_and_expiration, x.key(), domain)
+    row, answer = x.call(servers.lookup, x.key(), domain)
     return {"status": "success", "server": _server_item(row), "expiration": answer}
 
 
