@@ -6,6 +6,8 @@ each test speaks from 127.0.0.2xx addresses of its own.
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from tests.notify.smtp import SmtpSink
@@ -131,3 +133,27 @@ def test_an_unconfirmed_claim_can_be_pointed_at_another_address(env: Env) -> Non
         assert browser.post(link(sink, second, "/confirm/")).status_code == 303
     refused = line(server, source, "claim", apikey=key, email="thief@repoint.example.org")
     assert refused.code == 403
+
+
+def test_a_claim_split_across_writes_by_bash_can_be_fixed(env: Env) -> None:
+    # The issue's reproduction: bash writes the request in two parts 0.3 s apart. Whatever the
+    # server made of the first part, the key holder can point the claim where it belongs.
+    server, sink = env.server, env.sink
+    key = new_key(env, "127.0.0.206")
+    script = (
+        f'exec 3<>"/dev/tcp/127.0.0.1/{server.line_port}"; '
+        f"printf 'command claim apikey {key} email me@split.example.co' >&3; sleep 0.3; "
+        "printf 'm\\n' >&3; dd bs=1000 count=1 <&3 2>/dev/null"
+    )
+    split = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert "status " in split.stdout, split  # answered, whichever address it took
+    fixed = line(server, "127.0.0.206", "claim", apikey=key, email="me@split.example.com")
+    assert (fixed.ok, fixed.code) == (True, 200), fixed
+    assert f"{key[:8]}..." in SmtpSink.text(sink.wait_to("me@split.example.com"))
+    ((owner,),) = rows(
+        server,
+        "SELECT accounts.email FROM api_keys JOIN accounts ON accounts.id = api_keys.account_id "
+        "WHERE api_keys.prefix = ?",
+        key[:8],
+    )
+    assert owner == "me@split.example.com"

@@ -101,6 +101,17 @@ def test_confirmation_mails_per_address_are_capped(svc: Keychest) -> None:
     assert len(svc.read(outbox.list_all)) == accounts.CONFIRM_MAILS_PER_DAY
 
 
+def test_approval_mails_per_address_are_capped(svc: Keychest) -> None:
+    first = svc.call(keys.create).key
+    claimed = svc.call(accounts.claim, first, "owner@example.org")
+    svc.call(accounts.confirm, claimed.account_id, claimed.api_key_id)
+    for n in range(accounts.CONFIRM_MAILS_PER_DAY + 2):
+        key = svc.call(keys.create).key
+        assert svc.call(accounts.claim, key, "owner@example.org", ip=f"192.0.2.{n + 1}").outcome == "pending"
+    kinds = [m.kind for m in svc.read(outbox.list_all)]
+    assert kinds.count("approve_key") == accounts.CONFIRM_MAILS_PER_DAY
+
+
 def test_a_stranger_cannot_spend_the_owners_claims(db_url: str, clock: Clock) -> None:
     # Issue 10 item 10: the per-address claim quota counts per (address, client address).
     svc = make_service(db_url, clock, claims_per_email_per_day=2)

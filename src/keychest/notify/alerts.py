@@ -170,9 +170,9 @@ def decide(
 
     for endpoint in endpoints:
         for address in endpoint.addresses:
-            cert = address.certificate
-            if "stale_deployment" in address.problems and cert is not None:
-                key = f"stale:{endpoint.id}:{address.ip}:{cert.id}"
+            served = address.certificate
+            if "stale_deployment" in address.problems and served is not None:
+                key = f"stale:{endpoint.id}:{address.ip}:{served.id}"
                 if key not in sent:
                     alerts.append(
                         Alert(
@@ -180,7 +180,7 @@ def decide(
                             "stale_deployment",
                             "warning",
                             f"Old certificate still served: {endpoint.name} at {address.ip}",
-                            f"{address.ip} serves a certificate (expiring {cert.not_after:%Y-%m-%d}) older "
+                            f"{address.ip} serves a certificate (expiring {served.not_after:%Y-%m-%d}) older "
                             f"than the other addresses of {endpoint.name}: the renewal did not reach this "
                             "server. Reload it or copy the new certificate there.",
                             (endpoint.name,),

@@ -47,7 +47,8 @@ def _find(ctx: Ctx, email: str) -> Account | None:
     return ctx.session.scalar(select(Account).where(Account.email == email))
 
 
-# Confirmation mails one address gets in a day, whoever claims keys for it (issue 10 item 1).
+# Confirmation (dormant) or approval (confirmed) mails one address gets in a day about keys
+# claimed for it, whoever claims them (issue 10 item 1).
 CONFIRM_MAILS_PER_DAY = 5
 # A blocked address asked for silence: one "reopen?" mail a day at most.
 REOPEN_MAILS_PER_DAY = 1
@@ -177,7 +178,8 @@ def claim(ctx: Ctx, raw_key: str, email_text: str) -> ClaimOutcome:
             # any mail is confirmed): refusing it would let a stranger lock the owner out.
             if _recent(ctx, "mail_confirm_account", email) < CONFIRM_MAILS_PER_DAY:
                 mail = "confirm_account"
-        elif account.state == "active":
+        elif account.state == "active" and _recent(ctx, "mail_approve_key", email) < CONFIRM_MAILS_PER_DAY:
+            # The same cap: past it the key waits on the dashboard's keys page, unmailed.
             mail = "approve_key"
         # Blocking stopped the mails, not the owner: offer to reopen, once a day at most.
         elif account.state == "blocked" and _recent(ctx, "mail_reopen_account", email) < REOPEN_MAILS_PER_DAY:

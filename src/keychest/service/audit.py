@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Table, func, insert, select
 
 from keychest.service.context import Ctx
 from keychest.store.models import AuditEvent
@@ -36,7 +37,8 @@ def record_many(ctx: Ctx, rows: list[dict[str, object]]) -> None:
     """Many events at once; each row has the keyword arguments of :func:`record` plus ``ip``."""
     if rows:
         ctx.session.execute(
-            insert(AuditEvent.__table__),
+            # Core, not ORM: one executemany of plain rows.
+            insert(cast(Table, AuditEvent.__table__)),
             [
                 {
                     "at": ctx.now,

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import CursorResult, insert, select, update
 
 from keychest.service import errors
 from keychest.service.context import Ctx
@@ -134,7 +134,7 @@ def consume(ctx: Ctx, raw: str, purposes: tuple[str, ...]) -> TokenInfo:
     done = ctx.session.execute(
         update(Token).where(Token.id == row.id, Token.used_at.is_(None)).values(used_at=ctx.now)
     )
-    if done.rowcount != 1:
+    if not isinstance(done, CursorResult) or done.rowcount != 1:
         raise errors.not_found("this link has already been used")
     return _info(row)
 
