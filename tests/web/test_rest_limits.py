@@ -6,6 +6,10 @@ of different tests never meet.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 from keychest.client import LineClient
@@ -78,3 +82,13 @@ def test_head_counts_like_get(limited_env: LimitedEnv) -> None:
     assert head.status_code == 200 and head.content == b""
     assert head.headers["X-RateLimit-Remaining"] == "4" and get.headers["X-RateLimit-Remaining"] == "3"
     assert int(head.headers["content-length"]) == len(get.content)
+
+
+def test_defaults_are_keychests() -> None:
+    # KeyChest allowed 60 requests a minute; ours is the same unless told otherwise.
+    done = subprocess.run(
+        [sys.executable, "-m", "keychest", "serve", "--help"], capture_output=True, text=True, timeout=60
+    )
+    text = " ".join(done.stdout.split())
+    assert re.search(r"KEYCHEST_REST_REQUESTS_PER_MINUTE; default: 60\]", text), text
+    assert re.search(r"KEYCHEST_REST_FAILED_KEYS_PER_MINUTE; default: 10\]", text), text
