@@ -242,6 +242,13 @@ def test_head_where_get_works(web_env: WebEnv) -> None:
             assert head.headers["content-type"] == get.headers["content-type"], path
         # Not a way round a route's rules: HEAD answers what GET would.
         assert client.head("/api/v1.0/user").status_code == 401
+        # Nor a way to act: the claim GET makes a key and sends a mail, so HEAD does not run it.
+        claim = client.head("/api/v1.0/access/claim/head-claim@example.org")
+        assert claim.status_code == 405 and claim.headers["Allow"] == "GET"
+    # The HEAD finished before this listing (its answer came back): no account was made.
+    accounts = web_env.server.cli("accounts", "--json")
+    assert accounts.returncode == 0, accounts.stderr
+    assert "head-claim@example.org" not in accounts.stdout and "head@example.org" in accounts.stdout
 
 
 def test_api_index_and_unknown_paths_point_at_the_docs(web_env: WebEnv) -> None:

@@ -177,12 +177,20 @@ class HeadAsGet:
     OpenAPI schema stays as it is.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, effectful: tuple[str, ...] = ()) -> None:
         self.app = app
+        # GETs that change something (KeyChest's claim makes a key and sends a mail): a HEAD
+        # from a link checker or previewer must not do that.
+        self.effectful = effectful
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("method") != "HEAD":
             await self.app(scope, receive, send)
+            return
+        if str(scope.get("path", "")).startswith(self.effectful):
+            response = error_response(405, "method_not_allowed", "HEAD would act here; use GET")
+            response.headers["Allow"] = "GET"
+            await response(scope, _no_receive, send)
             return
 
         async def headers_only(message: Any) -> None:
