@@ -179,6 +179,22 @@ def test_certificate_add_takes_base64_der(web_env: WebEnv, tmp_path: Path) -> No
     assert from_file["id"] == one_line.json()["id"]
 
 
+def test_claim_with_a_chosen_key_in_the_query_string(web_env: WebEnv) -> None:
+    # KeyChest's api.md: GET access/claim?email=...&api_key=... (the POST form's twin).
+    key = str(uuid.uuid4())
+    base = f"{web_env.url}/api/v1.0/access/claim"
+    code, first = curl(f"{base}?email=query-claim@example.org&api_key={key}")
+    again_code, again = curl(f"{base}?email=query-claim@example.org&api_key={key}")
+    head = httpx.head(f"{base}?email=query-head@example.org&api_key={uuid.uuid4()}")
+    assert code == 200 and (first["status"], first["api_key"], first["user"]) == (
+        "created",
+        key,
+        "query-claim@example.org",
+    )
+    assert again_code == 200 and again["status"] == "success"
+    assert head.status_code == 405
+
+
 def test_claim_words(web_env: WebEnv) -> None:
     key = web_env.new_key("claim-words@example.org")
     with web_env.client() as client:

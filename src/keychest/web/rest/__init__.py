@@ -34,7 +34,7 @@ def install(app: FastAPI, service: Keychest) -> None:
     app.include_router(build_router(service))
     app.add_middleware(RateHeaders)
     app.add_middleware(BodyLimit, limit=MAX_BODY)
-    app.add_middleware(HeadAsGet, effectful=(PREFIX + "/access/claim/",))
+    app.add_middleware(HeadAsGet, effectful=(PREFIX + "/access/claim",))
 
     # FastAPI's own errors (a missing path part, a 404 route, a wrong method) in the same
     # JSON shape as ours under /api/; other paths keep whatever handler was installed before

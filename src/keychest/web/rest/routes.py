@@ -333,6 +333,27 @@ def build_router(service: Keychest) -> APIRouter:
     async def claim_chosen(request: Request) -> Any:
         return await answer(request, _claim_chosen)
 
+    @router.get(
+        PREFIX + "/access/claim",
+        response_model=ClaimAnswer,
+        tags=["access"],
+        summary="The same as POST, in the query string (KeyChest's api.md example)",
+        openapi_extra={
+            "parameters": [
+                {"name": "email", "in": "query", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "api_key",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "16 to 64 of A-Z a-z 0-9 -, chosen by the client",
+                },
+            ]
+        },
+    )
+    async def claim_chosen_get(request: Request) -> Any:
+        return await answer(request, _claim_chosen)
+
     @router.post(
         PREFIX + "/access/revoke",
         response_model=RevokeAnswer,
