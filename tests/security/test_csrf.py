@@ -53,6 +53,7 @@ def test_every_dashboard_form_needs_this_sessions_token(env: Env) -> None:
     forms = [
         ("/servers/add", {"domain": "www.evil-csrf.test"}),
         (f"/servers/{endpoint}/remove", {}),
+        (f"/servers/{endpoint}/rescan", {}),
         (f"/keys/{pending}/approve", {}),
         (f"/keys/{active}/revoke", {}),
         (
