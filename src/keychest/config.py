@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keychest.scan.runner import ScanOptions
+from keychest.scan.model import ScanOptions
 
 
 @dataclass(frozen=True)

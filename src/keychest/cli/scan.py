@@ -18,8 +18,9 @@ from typing import Any, TextIO, TypeVar
 
 import click
 
+from keychest.scan.model import AddressResult, ScanOptions
 from keychest.scan.report import exit_status, render_table, results_to_json
-from keychest.scan.runner import AddressResult, Scanner, ScanOptions
+from keychest.scan.runner import Scanner
 from keychest.scan.targets import Endpoint, parse_endpoint, parse_target_lines
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ def run_scan(endpoints: Sequence[Endpoint], options: ScanOptions, workers: int =
     """Scan in this process, or split round-robin over `workers` processes when the
     handshakes' CPU cost (key exchange, chain parsing) is what limits throughput."""
     workers = max(1, min(workers, len(endpoints)))
+    grouped: list[list[AddressResult]]
     if workers == 1:
         grouped = _scan_chunk(endpoints, options)
     else:
@@ -64,7 +66,7 @@ def run_scan(endpoints: Sequence[Endpoint], options: ScanOptions, workers: int =
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
             parts = list(pool.map(_scan_chunk, chunks, [share] * workers))
-        grouped: list[list[AddressResult]] = [[] for _ in endpoints]
+        grouped = [[] for _ in endpoints]
         for worker, part in enumerate(parts):
             for offset, results in enumerate(part):
                 grouped[worker + offset * workers] = results

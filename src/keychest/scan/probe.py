@@ -195,7 +195,7 @@ class TLSClient:
             connection.set_tlsext_host_name(target.host.encode("ascii"))
         done: asyncio.Future[None] = loop.create_future()
         protocol = _HandshakeProtocol(connection, self.max_bytes, done)
-        transport: asyncio.BaseTransport | None = None
+        transport: asyncio.Transport | None = None
         phase = "connect"
 
         def result(

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from keychest.scan.judge import CertFacts, State
-from keychest.scan.runner import AddressResult
+from keychest.scan.model import AddressResult
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -86,7 +86,7 @@ class Resolver:
             raise ScanFailure(ErrorKind.DNS, f"DNS lookup of {host} failed: {exc.strerror}") from None
         except UnicodeError:
             raise ScanFailure(ErrorKind.DNS, f"{host} is not a valid DNS name") from None
-        return _ordered(info[4][0] for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6))
+        return _ordered(str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6))
 
     async def _resolve_dns(self, host: str) -> list[str]:
         assert self._dns is not None

@@ -3,6 +3,12 @@
 Concurrency is bounded twice: globally (`concurrency` probes in flight) and per address
 (`per_address_concurrency`), so that a thousand names on one shared-hosting IP do not turn
 into a thousand simultaneous handshakes against one server.
+
+Waiting for a per-address slot holds nothing global. An endpoint all of whose addresses
+wait for their address is *parked*: callers that bound how many endpoints they scan at
+once (the scheduler's `--scan-concurrency`, `scan_grouped`'s pool) count only the busy
+ones, so a tarpit (a hundred names on one address that accept and never answer) makes its
+own names wait their turn while everybody else's scans go ahead.
 """
 
 from __future__ import annotations
@@ -10,78 +16,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from collections.abc import AsyncIterator, Iterable
 
 from keychest.scan.errors import ErrorKind, ScanError, ScanFailure
 from keychest.scan.guard import blocked_message, check_address
-from keychest.scan.judge import (
-    CertFacts,
-    State,
-    TrustStore,
-    Verdict,
-    chain_facts,
-    find_stale_deployments,
-    judge,
-    utc_now,
-)
+from keychest.scan.judge import CertFacts, TrustStore, Verdict, chain_facts, judge, utc_now
+from keychest.scan.model import AddressResult, ScanOptions, mark_stale_deployments
 from keychest.scan.probe import ProbeResult, TLSClient
 from keychest.scan.resolve import Resolver
 from keychest.scan.targets import Endpoint, ScanTarget
 
+__all__ = [
+    "AddressResult",
+    "PARKED_PER_SLOT",
+    "ScanOptions",
+    "Scanner",
+    "load_trust_store",
+    "mark_stale_deployments",
+    "scan_endpoint",
+    "scan_endpoints",
+]
 
-@dataclass(frozen=True, slots=True)
-class ScanOptions:
-    """Everything a scan needs to know, built once by the caller (CLI flags, service config)."""
-
-    timeout: float = 10.0  # seconds, for the DNS lookup and again for connect + handshake
-    ca_file: str | None = None  # extra trust anchors (private CAs), in addition to the system's
-    system_trust: bool = True  # trust the system CA bundle
-    allow_private_targets: bool = False
-    resolver: str | None = None  # "ip[:port]" of a DNS server; None: the system resolver
-    warn_days: int = 30
-    crit_days: int = 7
-    max_chain_bytes: int = 256 * 1024  # bytes we read from a server before giving up on it
-    concurrency: int = 100  # probes in flight at once
-    per_address_concurrency: int = 8  # probes in flight against one IP address
-
-    def __post_init__(self) -> None:
-        if self.timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if self.concurrency < 1 or self.per_address_concurrency < 1:
-            raise ValueError("concurrency limits must be at least 1")
-        if self.crit_days > self.warn_days:
-            raise ValueError("crit_days must not exceed warn_days")
+# How many parked endpoints a caller may hold per busy-endpoint slot: enough that a tarpit
+# cannot fill them before the names behind it start, few enough to bound memory (and, in
+# the scheduler, how long a parked endpoint's lease must last).
+PARKED_PER_SLOT = 16
 
 
-@dataclass(frozen=True, slots=True)
-class AddressResult:
-    """One (endpoint, address) outcome: a judged chain, or a classified error."""
+class _Parking:
+    """Whether one endpoint is parked: every address it still has to scan is waiting for
+    a per-address slot (so it uses no global slot and does no work)."""
 
-    endpoint: Endpoint
-    ip: str | None  # None when the name did not resolve
-    scanned_at: datetime
-    error: ScanError | None = None
-    chain: tuple[CertFacts, ...] = ()  # as sent by the server, leaf first
-    verdict: Verdict | None = None
-    tls_version: str | None = None
-    cipher: str | None = None
-    elapsed: float = 0.0
+    __slots__ = ("parked", "pending", "scanner", "waiting")
 
-    @property
-    def state(self) -> State:
-        if self.error is not None or self.verdict is None:
-            return State.ERROR
-        return self.verdict.state
+    def __init__(self, scanner: Scanner, pending: int) -> None:
+        self.scanner = scanner
+        self.pending = pending
+        self.waiting = 0
+        self.parked = False
 
-    @property
-    def leaf(self) -> CertFacts | None:
-        return self.chain[0] if self.chain else None
-
-    @property
-    def target(self) -> ScanTarget | None:
-        return self.endpoint.at(self.ip) if self.ip else None
+    def change(self, pending: int = 0, waiting: int = 0) -> None:
+        self.pending += pending
+        self.waiting += waiting
+        parked = self.pending > 0 and self.waiting == self.pending
+        if parked != self.parked:
+            self.parked = parked
+            self.scanner._parked += 1 if parked else -1
+            self.scanner._notify()
 
 
 @functools.lru_cache(maxsize=8)
@@ -103,18 +84,56 @@ class Scanner:
         self.client = TLSClient(options.timeout, options.max_chain_bytes)
         self._slots = asyncio.Semaphore(options.concurrency)
         self._per_address: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+        self._parked = 0
+        self._change: asyncio.Future[None] | None = None
+
+    # --- parking: what callers that bound endpoints in flight need to know -------------------
+
+    @property
+    def parked(self) -> int:
+        """Endpoints being scanned that only wait for busy addresses (see the module docstring)."""
+        return self._parked
+
+    def room(self, in_flight: int, limit: int) -> int:
+        """How many more endpoints a caller with `in_flight` unfinished scans may start, when
+        it allows `limit` busy ones: parked scans do not count against `limit`, but at most
+        `limit * PARKED_PER_SLOT` of them are held."""
+        busy = in_flight - self._parked
+        return max(0, min(limit - busy, limit * (1 + PARKED_PER_SLOT) - in_flight))
+
+    async def wait_for_change(self, timeout: float | None = None) -> None:
+        """Return when an endpoint parks or unparks, or after `timeout` seconds."""
+        if self._change is None or self._change.done():
+            self._change = asyncio.get_running_loop().create_future()
+        await asyncio.wait([self._change], timeout=timeout)
+
+    def _notify(self) -> None:
+        if self._change is not None and not self._change.done():
+            self._change.set_result(None)
 
     @contextlib.asynccontextmanager
-    async def _address_slot(self, ip: str) -> AsyncIterator[None]:
+    async def _address_slot(self, ip: str, parking: _Parking | None) -> AsyncIterator[None]:
         entry = self._per_address.get(ip)
         if entry is None:
             entry = self._per_address[ip] = (asyncio.Semaphore(self.options.per_address_concurrency), [0])
         semaphore, users = entry
         users[0] += 1
         try:
-            # Per address first: waiting for a busy address must not hold a global slot.
-            async with semaphore, self._slots:
-                yield
+            # Per address first, and nothing held while waiting for it: a busy (or tarpitted)
+            # address delays only the names on it.
+            if semaphore.locked() and parking is not None:
+                parking.change(waiting=1)
+                try:
+                    await semaphore.acquire()
+                finally:
+                    parking.change(waiting=-1)
+            else:
+                await semaphore.acquire()
+            try:
+                async with self._slots:
+                    yield
+            finally:
+                semaphore.release()
         finally:
             users[0] -= 1
             if users[0] == 0:
@@ -129,31 +148,56 @@ class Scanner:
             addresses = await self.resolver.resolve(endpoint.host)
         except ScanFailure as failure:
             return [AddressResult(endpoint, None, utc_now(), error=failure.error)]
-        results = await asyncio.gather(*(self.scan_target(endpoint.at(ip)) for ip in addresses))
+        parking = _Parking(self, len(addresses))
+        try:
+            results = await asyncio.gather(*(self.scan_target(endpoint.at(ip), parking) for ip in addresses))
+        finally:
+            if parking.parked:  # cancelled while parked
+                parking.change(pending=-parking.pending, waiting=-parking.waiting)
         return mark_stale_deployments(results)
 
-    async def scan_target(self, target: ScanTarget) -> AddressResult:
+    async def scan_target(self, target: ScanTarget, parking: _Parking | None = None) -> AddressResult:
         """Probe one address already resolved. The guard is checked on exactly this address."""
-        endpoint = target.endpoint
-        blocked = check_address(target.ip, self.options.allow_private_targets)
-        if blocked:
-            error = ScanError(ErrorKind.BLOCKED, blocked_message(target.ip, blocked))
-            return AddressResult(endpoint, target.ip, utc_now(), error=error)
-        async with self._address_slot(target.ip):
-            probe = await self.client.probe(target)
-        return self.judge_probe(probe)
+        try:
+            endpoint = target.endpoint
+            blocked = check_address(target.ip, self.options.allow_private_targets)
+            if blocked:
+                error = ScanError(ErrorKind.BLOCKED, blocked_message(target.ip, blocked))
+                return AddressResult(endpoint, target.ip, utc_now(), error=error)
+            async with self._address_slot(target.ip, parking):
+                probe = await self.client.probe(target)
+            return self.judge_probe(probe)
+        finally:
+            if parking is not None:
+                parking.change(pending=-1)
 
     def judge_probe(self, probe: ProbeResult) -> AddressResult:
         target = probe.target
         now = utc_now()
-        common = {"tls_version": probe.tls_version, "cipher": probe.cipher, "elapsed": probe.elapsed}
+
+        def result(
+            error: ScanError | None, chain: tuple[CertFacts, ...] = (), verdict: Verdict | None = None
+        ) -> AddressResult:
+            return AddressResult(
+                target.endpoint,
+                target.ip,
+                now,
+                error=error,
+                chain=chain,
+                verdict=verdict,
+                tls_version=probe.tls_version,
+                cipher=probe.cipher,
+                elapsed=probe.elapsed,
+            )
+
         if probe.error is not None:
-            return AddressResult(target.endpoint, target.ip, now, error=probe.error, **common)
+            return result(probe.error)
         try:
             chain = chain_facts(probe.chain)
         except ValueError as exc:
-            error = ScanError(ErrorKind.GARBAGE, f"server sent a certificate that cannot be parsed: {exc}")
-            return AddressResult(target.endpoint, target.ip, now, error=error, **common)
+            return result(
+                ScanError(ErrorKind.GARBAGE, f"server sent a certificate that cannot be parsed: {exc}")
+            )
         verdict = judge(
             chain,
             hostname=target.host,
@@ -162,42 +206,45 @@ class Scanner:
             warn_days=self.options.warn_days,
             crit_days=self.options.crit_days,
         )
-        return AddressResult(target.endpoint, target.ip, now, chain=chain, verdict=verdict, **common)
+        return result(None, chain, verdict)
 
     async def scan(self, endpoints: Iterable[Endpoint]) -> list[AddressResult]:
         """Scan many endpoints; results come grouped by endpoint, in the order given."""
         return [result for results in await self.scan_grouped(endpoints) for result in results]
 
     async def scan_grouped(self, endpoints: Iterable[Endpoint]) -> list[list[AddressResult]]:
-        """Scan many endpoints; one list of address results per endpoint, in the order given."""
+        """Scan many endpoints; one list of address results per endpoint, in the order given.
+
+        Up to `concurrency` endpoints are busy at once; parked ones (waiting for a busy
+        address) do not count, so a slow address cannot hold up the rest of the list.
+        """
         endpoints = list(endpoints)
         per_endpoint: list[list[AddressResult]] = [[] for _ in endpoints]
-        queue = iter(enumerate(endpoints))
+        in_flight = 0
+        tasks: set[asyncio.Task[None]] = set()
 
-        async def worker() -> None:
-            # A fixed pool of workers instead of one task per endpoint keeps memory flat
-            # for very long target lists.
-            for index, endpoint in queue:
+        async def one(index: int, endpoint: Endpoint) -> None:
+            nonlocal in_flight
+            try:
                 per_endpoint[index] = await self.scan_endpoint(endpoint)
+            finally:
+                in_flight -= 1
+                self._notify()
 
-        workers = min(len(endpoints), self.options.concurrency)
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        try:
+            for index, endpoint in enumerate(endpoints):
+                while self.room(in_flight, self.options.concurrency) <= 0:
+                    await self.wait_for_change()
+                in_flight += 1
+                task = asyncio.create_task(one(index, endpoint))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*list(tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
         return per_endpoint
-
-
-def mark_stale_deployments(results: Sequence[AddressResult]) -> list[AddressResult]:
-    """Add a stale_deployment warning to addresses of one endpoint serving an outdated leaf."""
-    leaves = [(r.ip, r.leaf) for r in results if r.ip and r.leaf is not None and r.verdict is not None]
-    stale = {s.ip: s for s in find_stale_deployments(leaves)}  # type: ignore[arg-type]
-    if not stale:
-        return list(results)
-    marked = []
-    for result in results:
-        found = stale.get(result.ip or "")
-        if found is not None and result.verdict is not None:
-            result = replace(result, verdict=result.verdict.with_problem(found.problem()))
-        marked.append(result)
-    return marked
 
 
 async def scan_endpoint(endpoint: Endpoint, options: ScanOptions) -> list[AddressResult]:

@@ -87,7 +87,8 @@ class ScanScheduler:
         await self._rescan_if_settings_changed()
         try:
             while True:
-                room = self.settings.max_in_flight - len(in_flight)
+                # Endpoints parked behind a busy address (a tarpit) do not count: see scan.runner.
+                room = scanner.room(len(in_flight), self.settings.max_in_flight)
                 due = []
                 if room > 0:
                     try:
@@ -102,17 +103,25 @@ class ScanScheduler:
                         log.warning("leasing failed (%r); retrying in %gs", exc, self.settings.db_retry_s)
                         await asyncio.sleep(self.settings.db_retry_s)
                         continue
+                held = set(in_flight.values())
                 for item in due:
+                    if item.id in held:
+                        continue  # its lease ran out while it waited for its address; now renewed
                     task = asyncio.create_task(self._scan_one(scanner, item))
                     in_flight[task] = item.id
                     task.add_done_callback(lambda done: in_flight.pop(done, None))
                 self._progress(len(in_flight))
                 if not due or room <= 0:
-                    waiters = list(in_flight)
+                    waiters: list[asyncio.Future[None]] = list(in_flight)
                     if waiters:
+                        # When full, a scan that parks frees a slot as surely as one that ends.
+                        change = asyncio.ensure_future(scanner.wait_for_change())
+                        if room <= 0:
+                            waiters.append(change)
                         await asyncio.wait(
                             waiters, timeout=self.settings.idle_poll_s, return_when=asyncio.FIRST_COMPLETED
                         )
+                        change.cancel()
                     else:
                         await asyncio.sleep(self.settings.idle_poll_s)
         finally:
