@@ -17,17 +17,15 @@ from sqlalchemy.exc import IntegrityError
 
 from keychest.notify import alerts as alert_rules
 from keychest.notify.facts import AddressFacts, CertChange, CertInfo, EndpointFacts
-from keychest.service import domains, outbox, preferences
+from keychest.service import domains, outbox, preferences, visibility
 from keychest.service.context import Ctx
 from keychest.store.models import (
     Account,
     AddressState,
     AlertSent,
-    ApiKey,
     Certificate,
     Endpoint,
     ScanChange,
-    Watch,
 )
 
 CHANGE_WINDOW = timedelta(days=8)
@@ -42,20 +40,6 @@ def active_accounts(ctx: Ctx, *, email: str | None = None) -> list[Account]:
     if email is not None:
         query = query.where(Account.email == email)
     return list(ctx.session.scalars(query.order_by(Account.id)))
-
-
-def account_endpoints(ctx: Ctx, account_ids: list[int]) -> dict[int, list[int]]:
-    """Each account's endpoints: those registered with its approved (active) keys."""
-    mapping: dict[int, set[int]] = defaultdict(set)
-    if account_ids:
-        rows = ctx.session.execute(
-            select(ApiKey.account_id, Watch.endpoint_id)
-            .join(Watch, Watch.api_key_id == ApiKey.id)
-            .where(ApiKey.account_id.in_(account_ids), ApiKey.state == "active")
-        )
-        for account_id, endpoint_id in rows:
-            mapping[account_id].add(endpoint_id)
-    return {account_id: sorted(ids) for account_id, ids in mapping.items()}
 
 
 def endpoint_facts(ctx: Ctx, endpoint_ids: list[int]) -> dict[int, EndpointFacts]:
@@ -128,6 +112,7 @@ def certificate_changes(ctx: Ctx, endpoint_ids: list[int], *, since_days: float 
     previous: dict[tuple[int, str], int] = {}
     switches = []
     for change_id, endpoint_id, ip, at, cert_id in history:
+        assert cert_id is not None  # by the query
         before = previous.get((endpoint_id, ip))
         previous[(endpoint_id, ip)] = cert_id
         if before is not None and before != cert_id and at >= window_start:
@@ -183,7 +168,7 @@ def run_pass(ctx: Ctx) -> PassResult:
     accounts = active_accounts(ctx)
     prefs = preferences.get_many(ctx, [a.id for a in accounts])
     accounts = [a for a in accounts if prefs[a.id].alerts_enabled]
-    mapping = account_endpoints(ctx, [a.id for a in accounts])
+    mapping = visibility.endpoints_by_account(ctx, [a.id for a in accounts])
     all_ids = sorted({e for ids in mapping.values() for e in ids})
     facts = endpoint_facts(ctx, all_ids)
     changes = certificate_changes(ctx, all_ids)

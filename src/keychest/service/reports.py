@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from keychest.notify import weekly
-from keychest.service import alerting, outbox, preferences
+from keychest.service import alerting, outbox, preferences, visibility
 from keychest.service.context import Ctx
 
 
@@ -26,7 +26,7 @@ def weekly_pass(ctx: Ctx, *, email: str | None = None, force: bool = False) -> l
     outcomes: list[WeeklyOutcome] = []
     accounts = alerting.active_accounts(ctx, email=email)
     prefs = preferences.get_many(ctx, [a.id for a in accounts])
-    mapping = alerting.account_endpoints(ctx, [a.id for a in accounts])
+    mapping = visibility.endpoints_by_account(ctx, [a.id for a in accounts])
     for account in accounts:
         pref = prefs[account.id]
         if not pref.weekly_enabled and not (force and email is not None):
