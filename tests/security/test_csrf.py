@@ -52,8 +52,8 @@ def test_every_dashboard_form_needs_this_sessions_token(env: Env) -> None:
 
     forms = [
         ("/servers/add", {"domain": "www.evil-csrf.test"}),
-        (f"/servers/{endpoint}/remove", {}),
         (f"/servers/{endpoint}/rescan", {}),
+        (f"/servers/{endpoint}/remove", {}),
         (f"/keys/{pending}/approve", {}),
         (f"/keys/{active}/revoke", {}),
         (
@@ -84,7 +84,7 @@ def test_every_dashboard_form_needs_this_sessions_token(env: Env) -> None:
     assert not rows(server, "SELECT id FROM endpoints WHERE host = 'www.evil-csrf.test'")
 
     # The same forms with the right token work (so the refusals above were about the token).
-    for path, data in forms[1:4] + forms[5:]:
+    for path, data in forms[1:5] + forms[6:]:
         answer = alice.session.post(path, data={**data, "csrf": token})
         assert answer.status_code == 303, f"{path}: {answer.status_code} {answer.text[:200]}"
         if path.endswith("/revoke"):
