@@ -20,6 +20,7 @@ from keychest.notify import render
 from keychest.notify.mail import Composed, Outgoing
 from keychest.service import accounts, domains, preferences, tokens
 from keychest.service.context import Ctx
+from keychest.states import AccountState, KeyState, MailState
 from keychest.store.models import Account, ApiKey, Endpoint, OutboxMail, Watch
 
 MAX_ATTEMPTS = 40  # with the back-off capped at an hour: about a day and a half of trying
@@ -47,7 +48,7 @@ def enqueue(ctx: Ctx, *, kind: str, to_addr: str, account_id: int | None, payloa
             to_addr=to_addr,
             account_id=account_id,
             payload=payload,
-            state="queued",
+            state=MailState.QUEUED,
             attempts=0,
             next_attempt_at=ctx.now,
         )
@@ -131,7 +132,7 @@ def compose(ctx: Ctx, mail: QueuedMail) -> Composed | str:
         key = key_summary(ctx, int(payload.get("api_key_id", 0)))
         if key is None:
             return "API key gone"
-        if mail.kind == "approve_key" and key.state != "pending":
+        if mail.kind == "approve_key" and key.state != KeyState.PENDING:
             return f"API key no longer pending ({key.state})"
         if mail.kind == "confirm_account":
             context = {
@@ -192,16 +193,16 @@ def skip_reason(ctx: Ctx, mail: QueuedMail) -> str | None:
         return "no account"
     if account.is_placeholder:
         return "placeholder account"
-    if account.state == "blocked":
+    if account.state == AccountState.BLOCKED:
         # The one mail a blocked address may get: the offer to reopen it (rate-limited).
         return None if mail.kind == "reopen_account" else "account blocked"
     if mail.kind == "reopen_account":
         return "address no longer blocked"
     if mail.kind == "confirm_account":
-        if account.state != "dormant" or mail.to_addr != account.email:
+        if account.state != AccountState.DORMANT or mail.to_addr != account.email:
             return "account no longer awaits confirmation"
         return None
-    if account.state != "active":
+    if account.state != AccountState.ACTIVE:
         return "address not confirmed"
     prefs = preferences.get(ctx, account.id)
     if mail.kind == "confirm_address":
@@ -226,7 +227,7 @@ def lease(ctx: Ctx, *, limit: int, lease_s: float) -> Leased:
         ctx.session.scalars(
             select(OutboxMail)
             .where(
-                OutboxMail.state.in_(("queued", "sending")),
+                OutboxMail.state.in_((MailState.QUEUED, MailState.SENDING)),
                 or_(OutboxMail.next_attempt_at.is_(None), OutboxMail.next_attempt_at <= ctx.now),
             )
             .order_by(OutboxMail.next_attempt_at, OutboxMail.id)
@@ -258,10 +259,10 @@ def lease(ctx: Ctx, *, limit: int, lease_s: float) -> Leased:
             if isinstance(composed, str):
                 reason = composed
         if reason is not None:
-            row.state, row.last_error = "skipped", reason
+            row.state, row.last_error = MailState.SKIPPED, reason
             continue
         assert not isinstance(composed, str)
-        row.state = "sending"
+        row.state = MailState.SENDING
         row.attempts += 1
         row.next_attempt_at = ctx.now + timedelta(seconds=lease_s)
         leased.append(Outgoing(row.id, row.kind, row.to_addr, row.created_at, row.attempts, composed))
@@ -272,7 +273,7 @@ def mark_sent(ctx: Ctx, mail_id: int) -> None:
     ctx.session.execute(
         update(OutboxMail)
         .where(OutboxMail.id == mail_id)
-        .values(state="sent", sent_at=ctx.now, next_attempt_at=None, last_error=None)
+        .values(state=MailState.SENT, sent_at=ctx.now, next_attempt_at=None, last_error=None)
     )
 
 
@@ -280,15 +281,15 @@ def _retry_or_fail(ctx: Ctx, row: OutboxMail, error: str, *, base_s: float, refu
     limit = MAX_REFUSED_ATTEMPTS if refused else MAX_ATTEMPTS
     row.last_error = error[:1000]
     if row.attempts >= limit:
-        row.state, row.next_attempt_at = "failed", None
+        row.state, row.next_attempt_at = MailState.FAILED, None
     else:
-        row.state = "queued"
+        row.state = MailState.QUEUED
         row.next_attempt_at = ctx.now + timedelta(seconds=backoff_s(row.attempts, base_s))
 
 
 def mark_failed(ctx: Ctx, mail_id: int, error: str, *, refused: bool, base_s: float) -> None:
     """SMTP did not take the mail: try again later (or give up after enough attempts)."""
     row = ctx.session.get(OutboxMail, mail_id)
-    if row is None or row.state != "sending":
+    if row is None or row.state != MailState.SENDING:
         return
     _retry_or_fail(ctx, row, error, base_s=base_s, refused=refused)
