@@ -19,6 +19,7 @@ from keychest.notify import alerts as alert_rules
 from keychest.notify.facts import AddressFacts, CertChange, CertInfo, EndpointFacts
 from keychest.service import domains, outbox, preferences, visibility
 from keychest.service.context import Ctx
+from keychest.states import AccountState, Change
 from keychest.store.models import (
     Account,
     AddressState,
@@ -36,7 +37,7 @@ def _cert(row: Certificate) -> CertInfo:
 
 
 def active_accounts(ctx: Ctx, *, email: str | None = None) -> list[Account]:
-    query = select(Account).where(Account.state == "active", Account.is_placeholder.is_(False))
+    query = select(Account).where(Account.state == AccountState.ACTIVE, Account.is_placeholder.is_(False))
     if email is not None:
         query = query.where(Account.email == email)
     return list(ctx.session.scalars(query.order_by(Account.id)))
@@ -57,8 +58,8 @@ def endpoint_facts(ctx: Ctx, endpoint_ids: list[int]) -> dict[int, EndpointFacts
             .where(
                 ScanChange.endpoint_id.in_(endpoint_ids),
                 or_(
-                    ScanChange.change == "error",
-                    and_(ScanChange.change == "first_seen", ScanChange.error_kind.is_not(None)),
+                    ScanChange.change == Change.ERROR,
+                    and_(ScanChange.change == Change.FIRST_SEEN, ScanChange.error_kind.is_not(None)),
                 ),
             )
             .group_by(ScanChange.endpoint_id, ScanChange.ip)
@@ -211,6 +212,9 @@ def activity_marker(ctx: Ctx) -> tuple[int, int]:
     """Changes worth an early alert pass: new scan history rows, newly confirmed accounts."""
     last_change = ctx.session.scalar(select(func.max(ScanChange.id))) or 0
     active = (
-        ctx.session.scalar(select(func.count()).select_from(Account).where(Account.state == "active")) or 0
+        ctx.session.scalar(
+            select(func.count()).select_from(Account).where(Account.state == AccountState.ACTIVE)
+        )
+        or 0
     )
     return last_change, active

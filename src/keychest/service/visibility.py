@@ -15,11 +15,12 @@ from sqlalchemy import ColumnElement, Select, select
 
 from keychest.service import domains, errors, keys
 from keychest.service.context import Ctx
+from keychest.states import KeyState
 from keychest.store.models import ApiKey, Endpoint, Watch
 
 
 def _approved(account: ColumnElement[bool]) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-    return account, ApiKey.state == "active"
+    return account, ApiKey.state == KeyState.ACTIVE
 
 
 def account_keys(account_id: int) -> Select[int]:
@@ -30,7 +31,7 @@ def account_keys(account_id: int) -> Select[int]:
 def key_scope(key: ApiKey) -> Select[int]:
     """The ids of the keys whose registrations a key sees: its account's approved keys once it
     is approved itself, else itself alone."""
-    if key.account_id is not None and key.state == "active":
+    if key.account_id is not None and key.state == KeyState.ACTIVE:
         return account_keys(key.account_id)
     return select(ApiKey.id).where(ApiKey.id == key.id)
 
@@ -47,7 +48,7 @@ def account_endpoints(account_id: int) -> Select[int]:
 
 def key_endpoints(key: ApiKey) -> Select[int]:
     """The ids of the endpoints a key sees."""
-    if key.account_id is not None and key.state == "active":
+    if key.account_id is not None and key.state == KeyState.ACTIVE:
         return account_endpoints(key.account_id)
     return select(Watch.endpoint_id).where(Watch.api_key_id == key.id).distinct()
 
