@@ -158,3 +158,27 @@ def test_new_scan_settings_rescan_blocked_results_at_start(server_factory, tmp_p
             assert facts(client, key, domain)["state"] == "ok"
         assert "scan settings changed: 1 blocked or untrusted endpoints are scanned again now" in second.log()
         site.close()
+
+
+def test_settings_fingerprint_follows_what_decides_blocked_and_untrusted(tmp_path: Path) -> None:
+    from keychest.scan.runner import ScanOptions
+    from keychest.servers.scheduler import settings_fingerprint
+
+    ca, copy, other = tmp_path / "ca.pem", tmp_path / "copy.pem", tmp_path / "other.pem"
+    ca.write_bytes(b"one CA")
+    copy.write_bytes(b"one CA")
+    other.write_bytes(b"another CA")
+    base = settings_fingerprint(ScanOptions(ca_file=str(ca)))
+    # The file's content counts, not its name; time-outs and thresholds judge nothing of the kind.
+    assert settings_fingerprint(ScanOptions(ca_file=str(copy), timeout=3, warn_days=40)) == base
+    changed = [
+        ScanOptions(ca_file=str(other)),
+        ScanOptions(ca_file=str(ca), allow_private_targets=True),
+        ScanOptions(ca_file=str(ca), system_trust=False),
+        ScanOptions(ca_file=str(ca), resolver="127.0.0.1:53"),
+        ScanOptions(),
+        ScanOptions(ca_file=str(tmp_path / "missing.pem")),
+    ]
+    assert len({base, *(settings_fingerprint(options) for options in changed)}) == len(changed) + 1
+    ca.write_bytes(b"one CA and a private one")  # a CA added to the same file
+    assert settings_fingerprint(ScanOptions(ca_file=str(ca))) != base
