@@ -159,6 +159,9 @@ def test_one_number_and_one_severity_with_the_scanner() -> None:
     assert days_left(c.not_after, NOW) == 4
     assert "expires in 4 days" in alert.title and "5 days" not in alert.title + alert.detail
     assert alert.severity == "critical" and expiry_severity(c.not_after, NOW, 30, 7) == Severity.CRITICAL
+    # A renewal overdue on that certificate is critical too: one severity per certificate.
+    overdue = run([endpoint(1, cert(2, left, lifetime=90 * DAY))])
+    assert {a.kind: a.severity for a in overdue} == {"expiry": "critical", "renewal_overdue": "critical"}
     # With the scanner's critical threshold at 3 days, the same certificate is a warning.
     (relaxed,) = run([endpoint(1, c)], policy=Policy(warn_days=30, crit_days=3))
     assert relaxed.severity == "warning"

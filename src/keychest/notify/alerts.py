@@ -90,6 +90,13 @@ def _is_acme_style(cert: CertInfo) -> bool:
     return cert.is_lets_encrypt or cert.lifetime <= ACME_MAX_LIFETIME
 
 
+def _scanner_severity(cert: CertInfo, now: datetime, policy: Policy) -> str:
+    """An alert about a certificate is critical exactly when the scanner calls it critical
+    (its dates against --crit-days); no mail calls a critical certificate a warning."""
+    severity = expiry_severity(cert.not_after, now, policy.warn_days, policy.crit_days)
+    return "critical" if severity == Severity.CRITICAL else "warning"
+
+
 def _names(endpoints: Iterable[EndpointFacts]) -> tuple[str, ...]:
     return tuple(sorted({e.name for e in endpoints}))
 
@@ -135,13 +142,12 @@ def decide(
             tightest = min(crossed)
             tightest_s = int(tightest.total_seconds())
             if not any(s <= tightest_s for s in _expiry_sent_at_or_below(sent, cert.id)):
-                severity = expiry_severity(cert.not_after, now, policy.warn_days, policy.crit_days)
                 alerts.append(
                     Alert(
                         f"expiry:{cert.id}:{tightest_s}",
                         "expiry",
                         # A threshold of the account's crossed before the scanner's: a warning.
-                        "critical" if severity == Severity.CRITICAL else "warning",
+                        _scanner_severity(cert, now, policy),
                         f"Certificate expires in {describe_left(left)}: {where}",
                         f"The certificate from {cert.issuer} expires on {cert.not_after:%Y-%m-%d %H:%M} UTC "
                         f"({describe_left(left)} from now).",
@@ -157,7 +163,7 @@ def decide(
                     Alert(
                         key,
                         "renewal_overdue",
-                        "warning",
+                        _scanner_severity(cert, now, policy),
                         f"Renewal overdue: {where}",
                         f"This certificate from {cert.issuer} has {describe_left(left)} of its "
                         f"{round(days(cert.lifetime))}-day lifetime left and no newer certificate is served. "
@@ -178,7 +184,7 @@ def decide(
                         Alert(
                             key,
                             "stale_deployment",
-                            "warning",
+                            _scanner_severity(served, now, policy),
                             f"Old certificate still served: {endpoint.name} at {address.ip}",
                             f"{address.ip} serves a certificate (expiring {served.not_after:%Y-%m-%d}) older "
                             f"than the other addresses of {endpoint.name}: the renewal did not reach this "
