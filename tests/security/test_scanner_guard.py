@@ -100,12 +100,13 @@ NAMES = {
 }
 
 
-def register(server: LiveServer, port: int, domains: list[str]) -> None:
+def register(server: LiveServer, port: int, domains: list[str]) -> str:
     key = line(server, SOURCE, "apikey").data
     assert key
     for domain in domains:
         reply = line(server, SOURCE, "add", apikey=key, domain=f"{domain}:{port}")
         assert reply.ok, (domain, reply)
+    return key
 
 
 # IPv6 forms that carry an IPv4 address, and IPv4 ranges that are not globally routable
@@ -129,12 +130,14 @@ def test_loopback_in_any_disguise_is_never_connected(server_factory, listener: C
     stored = ["127.0.0.1", "::ffff:7f00:1", "0.0.0.0", "::1", "127.1.2.3", *DISGUISED.values()]
     with DNSServer(NAMES) as dns:
         server = server_factory("--resolver", dns.address, "--scan-timeout", "2")
-        register(server, listener.port, [*NAMES, *literals])
+        key = register(server, listener.port, [*NAMES, *literals])
         # Every scan has finished: a connection that slipped through was accepted (and
         # counted) before the probe that made it could end.
         scanned = wait_scanned(server, [*NAMES, *stored])
         messages = {error for (error,) in rows(server, "SELECT error FROM address_states")}
+        facts = line(server, SOURCE, "expiration", apikey=key, domain=f"100.64.0.1:{listener.port}").data
     assert listener.accepted == []
+    assert facts is not None and "errors=blocked" in facts and "allow_with=--allow-private-targets" in facts
     for host, results in scanned.items():
         assert results and all(kind == "blocked" for _, kind in results), (host, results)
     assert messages and all("--allow-private-targets" in (m or "") for m in messages), messages

@@ -377,6 +377,9 @@ def expiration_facts(ctx: Ctx, raw_key: str, domain_text: str) -> dict[str, str]
     errors_seen = sorted({v.error_kind for v in views if v.error_kind})
     if errors_seen:
         facts["errors"] = ",".join(errors_seen)
+        if "blocked" in errors_seen:
+            # What to do about it, in a token: the full message is in REST and the dashboard.
+            facts["allow_with"] = "--allow-private-targets"
     facts["last_scan"] = endpoint.last_scan_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     return facts
 
