@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from keychest.client import LineClient
+from keychest.scan.runner import ScanOptions
+from keychest.servers.scheduler import settings_fingerprint
 from tests.scan.certs import CertFactory
 from tests.scan.tls_servers import TestServers
 from tests.support.server import LiveServer
@@ -161,9 +163,6 @@ def test_new_scan_settings_rescan_blocked_results_at_start(server_factory, tmp_p
 
 
 def test_settings_fingerprint_follows_what_decides_blocked_and_untrusted(tmp_path: Path) -> None:
-    from keychest.scan.runner import ScanOptions
-    from keychest.servers.scheduler import settings_fingerprint
-
     ca, copy, other = tmp_path / "ca.pem", tmp_path / "copy.pem", tmp_path / "other.pem"
     ca.write_bytes(b"one CA")
     copy.write_bytes(b"one CA")
