@@ -1,8 +1,8 @@
 """The real certbot (Debian's 2.1.0 and PyPI's 5.8.0) against the real ACME test server
 pebble, running the hook installed by `keychest hook install`, against `keychest serve`.
 
-Driven by the shared harness ../shared/e2e/certbot-pebble.sh (see its README for what each
-certbot version logs and hands to hooks). Set-up: bash scripts/install-certbot-test-deps.sh.
+Driven by the harness in tests/hook/pebble.py (what each certbot version logs and hands to
+hooks is summed up there and in docs/hook.md). Set-up: bash scripts/install-certbot-test-deps.sh.
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.hook.pebble import Pebble as Harness
 from tests.hook.support import (
     HOOK_DEADLINE_S,
-    REPO,
     CertbotTree,
     cli_json,
     domains,
@@ -28,12 +26,10 @@ from tests.hook.support import (
     require_tool,
     silent_server,
 )
-from tests.support.net import free_port
 from tests.support.server import LiveServer
 
 pytestmark = pytest.mark.slow
 
-HARNESS = REPO.parent / "shared" / "e2e" / "certbot-pebble.sh"
 CERTBOTS = {
     "2.1.0": "/usr/bin/certbot",
     "5.8.0": os.environ.get("CERTBOT_VENV", "/opt/certbot-venv") + "/bin/certbot",
@@ -43,70 +39,29 @@ DE = ["d.example", "e.example"]
 ALL = sorted(ABC + DE)
 
 
-@dataclass
-class Pebble:
-    """One pebble + certbot state dir of our own, on free loopback ports."""
-
-    state: Path
-    certbot: str
-    env: dict[str, str] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
+class Pebble(Harness):
     @property
     def tree(self) -> CertbotTree:
         return CertbotTree(self.state)
-
-    def run(self, *args: str, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess[str]:
-        start = time.monotonic()
-        proc = subprocess.run(
-            ["bash", str(HARNESS), *args],
-            env={**self.env, **extra_env},
-            capture_output=True,
-            text=True,
-            timeout=180,
-            stdin=subprocess.DEVNULL,
-        )
-        self.timings[args[0]] = time.monotonic() - start
-        if check:
-            assert proc.returncode == 0, f"{args}: {proc.stdout}\n{proc.stderr}"
-        return proc
-
-    def issue(self, *domains_and_args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-        return self.run("issue", *domains_and_args, **extra_env)
-
-    def renew(self, **extra_env: str) -> subprocess.CompletedProcess[str]:
-        return self.run("renew", **extra_env)
 
 
 @pytest.fixture(params=sorted(CERTBOTS))
 def pebble(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pebble]:
     certbot = require_tool(CERTBOTS[request.param])
-    for tool in ("pebble", "openssl", "curl"):
-        require_tool(tool)
-    if not HARNESS.exists():
-        pytest.fail(f"the shared e2e harness is missing: {HARNESS}")
+    require_tool("pebble")
     version = subprocess.run([certbot, "--version"], capture_output=True, text=True).stdout.split()[-1]
     assert version == request.param
-    state = tmp_path / "e2e"
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("KEYCHEST_", "RENEWED_", "FAILED_", "PEBBLE_"))
     }
-    env.update(
-        E2E_STATE=str(state),
-        CERTBOT=certbot,
-        PEBBLE_PORT=str(free_port()),
-        PEBBLE_MGMT_PORT=str(free_port()),
-        HTTP01_PORT=str(free_port()),
-        E2E_HOOK_OUT=str(tmp_path / "dumps"),
-    )
-    peb = Pebble(state, certbot, env)
-    peb.run("start")
+    peb = Pebble(tmp_path / "e2e", certbot, env=env)
+    peb.start()
     try:
         yield peb
     finally:
-        peb.run("stop", check=False)
+        peb.stop()
 
 
 def keychest(*args: str) -> subprocess.CompletedProcess[str]:
@@ -162,9 +117,9 @@ def test_directory_hook_registers_every_name(kind: str, pebble: Pebble, live_ser
 
 def test_hooks_given_on_the_command_line(pebble: Pebble, live_server: LiveServer, tmp_path: Path) -> None:
     hook = install_hook(live_server, tmp_path / "bin")
-    pebble.issue(*ABC, "--", "--deploy-hook", f"{hook} deploy")
+    pebble.issue(*ABC, extra=("--deploy-hook", f"{hook} deploy"))
     # no argument: the hook reads the phase from certbot's log (2.x leaks RENEWED_* into post)
-    pebble.issue(*DE, "--", "--post-hook", str(hook))
+    pebble.issue(*DE, extra=("--post-hook", str(hook)))
     assert sorted(str(d["domain"]) for d in domains(live_server)) == ALL
     pebble.renew()  # the stored renew_hook/post_hook run again
     assert_all_registered(live_server, pebble)
@@ -213,7 +168,7 @@ def test_account_without_email_gets_a_placeholder(
     pebble: Pebble, live_server: LiveServer, tmp_path: Path
 ) -> None:
     hook = install_hook(live_server, tmp_path / "bin")
-    pebble.issue(*ABC, "--", "--deploy-hook", f"{hook} deploy", E2E_EMAIL="none")
+    pebble.issue(*ABC, extra=("--deploy-hook", f"{hook} deploy"), email=None)
     (email,) = {d["account_email"] for d in domains(live_server)}
     assert str(email).endswith("@keychest.test")  # tests.support.server's --mail-domain
     assert [a["is_placeholder"] for a in cli_json(live_server, "accounts")] == [True]
