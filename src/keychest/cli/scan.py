@@ -110,7 +110,8 @@ def _read_targets(targets: Sequence[str], files: Sequence[TextIO]) -> list[Endpo
 @click.option(
     "--allow-private-targets",
     is_flag=True,
-    help="Scan loopback, private, link-local and multicast addresses (refused by default).",
+    help="Scan addresses that are not globally routable: loopback, private, link-local, CGNAT, "
+    "NAT64/6to4 forms of those... (refused by default).",
 )
 @click.option(
     "--warn-days",
@@ -171,7 +172,9 @@ def scan(
     per_address: int,
     workers: int,
 ) -> None:
-    """Check the TLS certificates of TARGETs (`host`, `host:port`, `[v6addr]:port`) now.
+    """Check the TLS certificates of TARGETs (`host`, `host:port`, `[v6addr]:port`, an
+    `https://` URL) now. Names are taken as UTS 46 (straße.example is xn--strae-oqa.example);
+    underscores are accepted here, unlike when registering a domain.
 
     Every address of a name is checked separately. Exit status: 0 ok, 1 warning,
     2 critical or error.
