@@ -7,7 +7,9 @@ extras=${1:-}
 
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+    # DPkg::Lock::Timeout: wait for another apt/dpkg (unattended-upgrades) instead of failing
+    apt-get -o DPkg::Lock::Timeout=600 update -q &&
+      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q python3-venv
   else
     echo "bootstrap: python3-venv is missing; run: sudo apt-get install python3-venv" >&2
     exit 1

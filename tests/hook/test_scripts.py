@@ -1,0 +1,58 @@
+"""The set-up scripts wait for another apt (unattended-upgrades on a fresh machine) instead of
+failing on its lock."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from tests.hook.support import REPO
+
+
+def test_every_apt_get_waits_for_the_lock() -> None:
+    calls = [
+        (script.name, line.strip())
+        for script in sorted((REPO / "scripts").glob("*.sh"))
+        for line in script.read_text().splitlines()
+        if re.search(r"\bapt-get .*\b(update|install)\b", line) and not re.match(r"\s*(#|echo)", line)
+    ]
+    assert len(calls) == 6, calls
+    assert [c for c in calls if "-o DPkg::Lock::Timeout=" not in c[1]] == []
+
+
+def test_install_certbot_test_deps_passes_the_lock_timeout(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "apt-calls"
+    for tool in ("bash", "grep", "python3", "dirname", "cat"):
+        for folder in ("/usr/bin", "/bin"):
+            if (Path(folder) / tool).exists():
+                (bin_dir / tool).symlink_to(Path(folder) / tool)
+                break
+    (bin_dir / "apt-get").write_text(f'#!/bin/bash\necho "$*" >>{record}\n')
+    (bin_dir / "certbot").write_text("#!/bin/bash\necho certbot 2.1.0\n")  # found after "install"
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "certbot").write_text("#!/bin/bash\necho certbot 5.8.0\n")
+    for fake in (bin_dir / "apt-get", bin_dir / "certbot", venv / "bin" / "certbot"):
+        fake.chmod(0o755)
+    (bin_dir / "certbot").rename(bin_dir / "certbot.later")  # missing now: apt-get must run
+    env = {**os.environ, "PATH": str(bin_dir), "CERTBOT_VENV": str(venv)}
+    proc = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"bash {REPO}/scripts/install-certbot-test-deps.sh; mv {bin_dir}/certbot.later {bin_dir}/certbot",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    calls = record.read_text().splitlines()
+    assert [c.split()[:3] for c in calls] == [["-o", "DPkg::Lock::Timeout=600", "update"]] + [
+        ["-o", "DPkg::Lock::Timeout=600", "install"]
+    ], proc.stderr
+    assert "pebble" in calls[1] and "certbot" in calls[1]
