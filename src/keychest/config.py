@@ -31,7 +31,7 @@ class LineServerSettings:
     host: str = "0.0.0.0"
     port: int = 10023
     idle_timeout_s: float = 30.0
-    # A request without newline is taken as complete after this pause (PROTOCOL.md).
+    # A request without newline is taken as complete after this pause (docs/protocol.md).
     partial_line_pause_s: float = 0.2
     max_connections: int = 4096
     # Per client address (an IPv6 /64): one address cannot take every connection.

@@ -47,7 +47,7 @@ def new_key(server: LiveServer) -> str:
 
 
 def test_seed_snippets_verbatim(live_server: LiveServer) -> None:
-    """PROTOCOL.md's two snippets, exactly as written, with only host and port filled in."""
+    """docs/protocol.md's two snippets, exactly as written, with only host and port filled in."""
     port = live_server.line_port
     out = bash(
         f"""

@@ -1,4 +1,4 @@
-"""The line API of PROTOCOL.md as pure functions: bytes in, requests out; responses to bytes.
+"""The line API of docs/protocol.md as pure functions: bytes in, requests out; responses to bytes.
 
 Nothing here does I/O or looks at a clock, so every rule can be tested on bytes alone
 (see tests/protocol). The asyncio shell in ``keychest.servers.line`` feeds received bytes
@@ -159,7 +159,7 @@ class LineFramer:
     """Splits a byte stream into request lines.
 
     Bytes that arrive without a newline stay pending; the shell calls :meth:`take_pending`
-    after a short pause or at end of input (PROTOCOL.md: `echo -ne` sends no newline).
+    after a short pause or at end of input (docs/protocol.md: `echo -ne` sends no newline).
     Once more than MAX_LINE_BYTES arrive without a newline the framer is ``overflowed``:
     the server answers 413 and closes, since it can no longer tell where the next line starts.
     """

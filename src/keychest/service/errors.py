@@ -1,4 +1,4 @@
-"""The one error type every front door maps: HTTP-like codes, as PROTOCOL.md and REST use them."""
+"""The one error type every front door maps: HTTP-like codes, as docs/protocol.md and REST use them."""
 
 from __future__ import annotations
 
