@@ -7,11 +7,13 @@ Timestamps are naive UTC datetimes, the same on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -22,12 +24,21 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from keychest.scan.judge import State
+from keychest.states import AccountState, Change, KeyState, MailState
+
 # SQLite only auto-increments INTEGER PRIMARY KEY; BIGINT keeps PostgreSQL roomy.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
     pass
+
+
+def one_of(name: str, column: str, words: type[StrEnum], *, nullable: bool = False) -> CheckConstraint:
+    """The column holds only the enum's words (migration 0008; triggers on SQLite)."""
+    allowed = f"{column} IN ({', '.join(repr(str(w)) for w in words)})"
+    return CheckConstraint(f"{column} IS NULL OR {allowed}" if nullable else allowed, name=name)
 
 
 class Account(Base):
@@ -43,6 +54,8 @@ class Account(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(DateTime)
     # Signed into session cookies; bumping it (sign-out everywhere, block, key revoke) ends them all.
     session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    __table_args__ = (one_of("ck_accounts_state", "state", AccountState),)
 
 
 class ApiKey(Base):
@@ -63,7 +76,10 @@ class ApiKey(Base):
     last_used_ip: Mapped[str | None] = mapped_column(String(64))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
-    __table_args__ = (Index("ix_api_keys_created_ip_at", "created_ip", "created_at"),)
+    __table_args__ = (
+        Index("ix_api_keys_created_ip_at", "created_ip", "created_at"),
+        one_of("ck_api_keys_state", "state", KeyState),
+    )
 
 
 class Endpoint(Base):
@@ -89,6 +105,7 @@ class Endpoint(Base):
     __table_args__ = (
         UniqueConstraint("host", "port", name="uq_endpoints_host_port"),
         Index("ix_endpoints_next_scan_at", "next_scan_at"),
+        one_of("ck_endpoints_last_state", "last_state", State, nullable=True),
     )
 
 
@@ -145,7 +162,10 @@ class OutboxMail(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_outbox_state_next", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_state_next", "state", "next_attempt_at"),
+        one_of("ck_outbox_state", "state", MailState),
+    )
 
 
 class Certificate(Base):
@@ -193,7 +213,10 @@ class AddressState(Base):
     last_scan_at: Mapped[datetime] = mapped_column(DateTime)
     scan_seconds: Mapped[float | None] = mapped_column()
 
-    __table_args__ = (UniqueConstraint("endpoint_id", "ip", name="uq_address_states_endpoint_ip"),)
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "ip", name="uq_address_states_endpoint_ip"),
+        one_of("ck_address_states_state", "state", State),
+    )
 
 
 class ScanChange(Base):
@@ -215,6 +238,7 @@ class ScanChange(Base):
     __table_args__ = (
         Index("ix_scan_changes_endpoint_at", "endpoint_id", "at"),
         Index("ix_scan_changes_at", "at"),
+        one_of("ck_scan_changes_change", "change", Change),
     )
 
 
