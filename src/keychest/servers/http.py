@@ -69,13 +69,16 @@ class GuardedH11Protocol(H11Protocol):
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, bound now so that a port in use is known before anything starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # A name (localhost) binds its first address, as a literal binds itself.
+    family, _, _, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
+        sock.bind(address)
         sock.listen(2048)
         sock.setblocking(False)
     except OSError:
