@@ -407,11 +407,6 @@ class LineServer:
             connection._close()
         self._sweeper = self.loop.call_later(min(1.0, limit / 4), self._sweep)
 
-    @property
-    def ports(self) -> list[int]:
-        assert self._server is not None
-        return [s.getsockname()[1] for s in self._server.sockets]
-
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting; give open connections a moment to receive what they are owed."""
         if self._server is not None:
