@@ -15,7 +15,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.hook.fake_server import FakeLineServer, fake_server, keychest_like
-from tests.hook.support import CertbotTree, HookRun, clean_env, domains, require_tool, run_hook, server_env
+from tests.hook.support import (
+    CertbotTree,
+    HookRun,
+    clean_env,
+    domains,
+    require_tool,
+    run_hook,
+    server_env,
+    silent_server,
+)
 from tests.support.net import free_port
 from tests.support.server import KEYCHEST, start_server
 
@@ -204,3 +213,12 @@ def test_real_keychest_serve_over_tls(tree: CertbotTree, ca: trustme.CA, tmp_pat
         assert [d["domain"] for d in domains(server)] == ["www.example.net"]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("settings", [{"KEYCHEST_TLS": "1"}, {"KEYCHEST_PIN": "sha256//" + "A" * 43 + "="}])
+def test_a_server_that_never_handshakes_times_out(tree: CertbotTree, settings: dict[str, str]) -> None:
+    with silent_server() as port:
+        run = deploy(tree, port, KEYCHEST_CONNECT_TIMEOUT="2", **settings)
+    assert "connect to 127.0.0.1:" in run.stderr and "timed out after 2s" in run.stderr
+    assert run.seconds < 5
+    assert tree.spooled() == ["www.example.net"]

@@ -629,7 +629,7 @@ tls_open() {
   coproc TLS { exec openssl s_client -connect "$target" "${name[@]}" "${trust[@]}" "${opts[@]}" 2>"$WORK/tls.err"; }
   exec 3<&"${TLS[0]}" 4>&"${TLS[1]}"
   TLS_CHILD=$TLS_PID
-  : >"$WORK/connected"
+  # "connected" only once the server answers: the connect time-out covers the handshakes
 }
 
 close_channel() {
@@ -662,6 +662,7 @@ request() {
   done
   [[ -n $R_STATUS ]] || return 1
   : >"$WORK/answered"
+  [[ -e $WORK/connected ]] || : >"$WORK/connected"
   read -r _ word R_CODE _ <<<"$R_STATUS"
   clean "$R_STATUS" 200; R_STATUS=$CLEAN
   if [[ ! ( $word == ok || $word == error ) || ! $R_CODE =~ ^[1-5][0-9][0-9]$ ]]; then
