@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import func, insert, select
 
 from keychest.service.context import Ctx
 from keychest.store.models import AuditEvent
@@ -38,7 +37,7 @@ def record_many(ctx: Ctx, rows: list[dict[str, object]]) -> None:
     if rows:
         ctx.session.execute(
             # Core, not ORM: one executemany of plain rows.
-            insert(cast(Table, AuditEvent.__table__)),
+            insert(AuditEvent.__table__),
             [
                 {
                     "at": ctx.now,

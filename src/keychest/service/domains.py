@@ -42,7 +42,7 @@ def parse_domain(text: str) -> DomainName:
 # The statements of the hot path, built here so tests can EXPLAIN exactly these.
 
 
-def endpoints_by_host(hosts: Sequence[str]) -> Select[tuple[int, str, int]]:
+def endpoints_by_host(hosts: Sequence[str]) -> Select[int, str, int]:
     # By host alone: `host IN (...)` walks the unique (host, port) index, where a row-value
     # `(host, port) IN (...)` makes SQLite scan the whole table.
     return select(Endpoint.id, Endpoint.host, Endpoint.port).where(Endpoint.host.in_(hosts))
@@ -50,7 +50,7 @@ def endpoints_by_host(hosts: Sequence[str]) -> Select[tuple[int, str, int]]:
 
 def existing_watches(
     endpoint_ids: Sequence[int], key_ids: Collection[int], account_ids: Collection[int]
-) -> Select[tuple[int, int, int, int | None, str]]:
+) -> Select[int, int, int, int | None, str]:
     """Watches of these endpoints by these keys or by any key of these accounts."""
     return (
         select(Watch.id, Watch.api_key_id, Watch.endpoint_id, ApiKey.account_id, ApiKey.state)
@@ -60,7 +60,7 @@ def existing_watches(
     )
 
 
-def watch_counts(key_ids: Sequence[int]) -> Select[tuple[int, int]]:
+def watch_counts(key_ids: Sequence[int]) -> Select[int, int]:
     """Domains per key: the quota of keys whose email is not confirmed yet."""
     return (
         select(Watch.api_key_id, func.count()).where(Watch.api_key_id.in_(key_ids)).group_by(Watch.api_key_id)
@@ -124,7 +124,7 @@ def add_many(
             key.id for _, _, key, _ in todo if not (key.state == "active" and key.account_id in confirmed)
         ]
         for chunk in chunks(set(capped)):
-            counts.update(ctx.session.execute(watch_counts(chunk)).all())
+            counts.update(ctx.session.execute(watch_counts(chunk)).tuples().all())
             for key_id in chunk:
                 counts.setdefault(key_id, 0)
 

@@ -46,11 +46,11 @@ def hash_key(key: str) -> str:
 # The statements of the hot path, built here so tests can EXPLAIN exactly these.
 
 
-def keys_by_hash(hashes: Sequence[str]) -> Select[tuple[ApiKey]]:
+def keys_by_hash(hashes: Sequence[str]) -> Select[ApiKey]:
     return select(ApiKey).where(ApiKey.key_hash.in_(hashes))
 
 
-def keys_made_since(ips: Sequence[str | None], since: datetime) -> Select[tuple[str | None, int]]:
+def keys_made_since(ips: Sequence[str | None], since: datetime) -> Select[str | None, int]:
     """New keys per source address since a moment: the hourly quota."""
     return (
         select(ApiKey.created_ip, func.count())
@@ -74,7 +74,7 @@ def create_many(
     if limit > 0:
         since = ctx.now - timedelta(hours=1)
         for chunk in chunks({ip for ip, _ in items if ip is not None}):
-            made.update(ctx.session.execute(keys_made_since(chunk, since)).all())
+            made.update(ctx.session.execute(keys_made_since(chunk, since)).tuples().all())
     # (item index, raw key, its hash, source address, chosen by the client?): hashed once.
     rows: list[tuple[int, str, str, str | None, bool]] = []
     for index, (ip, args) in enumerate(items):
@@ -151,8 +151,8 @@ def use_many(
     wanted = {raw: hash_key(raw) for raw in {raw for _, raw in uses} if KEY_PATTERN.fullmatch(raw)}
     found: dict[str, ApiKey] = {}
     for chunk in chunks(set(wanted.values())):
-        for row in ctx.session.scalars(keys_by_hash(chunk)):
-            found[row.key_hash] = row
+        for stored in ctx.session.scalars(keys_by_hash(chunk)):
+            found[stored.key_hash] = stored
     answer: dict[str, ApiKey | ServiceError] = {}
     for ip, raw in uses:
         digest = wanted.get(raw)

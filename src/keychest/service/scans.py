@@ -43,7 +43,7 @@ def _naive(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
-def due_query(now: datetime, limit: int) -> Select[tuple[int, str, int]]:
+def due_query(now: datetime, limit: int) -> Select[int, str, int]:
     """The endpoints due at ``now``, oldest first, rows other scanners hold skipped."""
     return (
         select(Endpoint.id, Endpoint.host, Endpoint.port)

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import CursorResult, Select, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from keychest.service import accounts, audit, domains, errors, keys, keystrength, scans
@@ -305,10 +305,11 @@ def lookup(ctx: Ctx, raw_key: str, domain_text: str) -> tuple[ServerRow, dict[st
     return _server_rows(ctx, [endpoint.id])[0], answer
 
 
-def _unwatch(ctx: Ctx, endpoint_id: int, key_ids) -> int:  # type: ignore[no-untyped-def]
-    removed = ctx.session.execute(
+def _unwatch(ctx: Ctx, endpoint_id: int, key_ids: Select[int]) -> int:
+    done = ctx.session.execute(
         delete(Watch).where(Watch.endpoint_id == endpoint_id, Watch.api_key_id.in_(key_ids))
-    ).rowcount
+    )
+    removed = done.rowcount if isinstance(done, CursorResult) else 0
     still_watched = ctx.session.scalar(select(Watch.id).where(Watch.endpoint_id == endpoint_id).limit(1))
     if still_watched is None:
         # Nobody watches it any more: stop scanning it and forget its results. A later add

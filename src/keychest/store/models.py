@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -32,7 +34,8 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
-    pass
+    # Core statements (bulk INSERT ... RETURNING) take the Table; typed as one, not a FromClause.
+    __table__: ClassVar[Table]
 
 
 def one_of(name: str, column: str, words: type[StrEnum], *, nullable: bool = False) -> CheckConstraint:
