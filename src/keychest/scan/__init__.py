@@ -20,9 +20,10 @@ from keychest.scan.judge import (
     hostname_matches,
     judge,
 )
+from keychest.scan.model import AddressResult, ScanOptions
 from keychest.scan.probe import ProbeResult, TLSClient
-from keychest.scan.runner import AddressResult, Scanner, ScanOptions, scan_endpoint, scan_endpoints
-from keychest.scan.targets import Endpoint, ScanTarget, parse_endpoint, parse_target_lines
+from keychest.scan.runner import Scanner, scan_endpoint, scan_endpoints
+from keychest.scan.targets import Endpoint, ScanTarget, TargetError, parse_endpoint, parse_target_lines
 
 __all__ = [
     "AddressResult",
@@ -38,6 +39,7 @@ __all__ = [
     "Severity",
     "StaleDeployment",
     "State",
+    "TargetError",
     "TLSClient",
     "TrustStore",
     "Verdict",
