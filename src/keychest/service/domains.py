@@ -124,7 +124,7 @@ def add_many(
             key.id for _, _, key, _ in todo if not (key.state == "active" and key.account_id in confirmed)
         ]
         for chunk in chunks(set(capped)):
-            counts.update(ctx.session.execute(watch_counts(chunk)).tuples().all())
+            counts.update((key_id, count) for key_id, count in ctx.session.execute(watch_counts(chunk)))
             for key_id in chunk:
                 counts.setdefault(key_id, 0)
 

@@ -74,7 +74,7 @@ def create_many(
     if limit > 0:
         since = ctx.now - timedelta(hours=1)
         for chunk in chunks({ip for ip, _ in items if ip is not None}):
-            made.update(ctx.session.execute(keys_made_since(chunk, since)).tuples().all())
+            made.update((ip, count) for ip, count in ctx.session.execute(keys_made_since(chunk, since)))
     # (item index, raw key, its hash, source address, chosen by the client?): hashed once.
     rows: list[tuple[int, str, str, str | None, bool]] = []
     for index, (ip, args) in enumerate(items):
