@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from keychest.config import Limits, Settings
-from keychest.service import accounts, audit, domains, keys, outbox
+from keychest.service import accounts, audit, domains, keys, outbox, visibility
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Call, Keychest
 from keychest.store.db import Database, upgrade
@@ -227,7 +227,7 @@ def test_add_is_idempotent_per_account(svc: Keychest) -> None:
     svc.call(keys.approve, svc.read(keys.list_all)[1].id)
     assert not svc.call(domains.add, second, "www.example.net").created
     assert len(svc.read(domains.list_rows)) == 1
-    assert len(svc.read(domains.account_endpoint_ids, account_id)) == 1
+    assert len(svc.read(lambda ctx: list(ctx.session.scalars(visibility.account_endpoints(account_id))))) == 1
 
 
 def test_quotas(db_url: str, clock: Clock) -> None:

@@ -11,10 +11,10 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import insert, or_, select, union
+from sqlalchemy import CompoundSelect, Select, insert, or_, select, union
 
 from keychest.scan.judge import cert_facts
-from keychest.service import domains, errors, keys, scans, servers
+from keychest.service import domains, errors, keys, scans, visibility
 from keychest.service.context import Ctx
 from keychest.store.models import AddressState, ApiKey, Certificate, Endpoint, ScanChange, WatchedCertificate
 
@@ -62,7 +62,8 @@ def watch_pem(ctx: Ctx, raw_key: str, pem_text: str) -> WatchOutcome:
     cert_id = scans._certificate_id(ctx, facts, {})
     existing = ctx.session.scalar(
         select(WatchedCertificate.id).where(
-            WatchedCertificate.certificate_id == cert_id, WatchedCertificate.api_key_id.in_(_scope_keys(key))
+            WatchedCertificate.certificate_id == cert_id,
+            WatchedCertificate.api_key_id.in_(visibility.key_scope(key)),
         )
     )
     created = existing is None
@@ -75,17 +76,7 @@ def watch_pem(ctx: Ctx, raw_key: str, pem_text: str) -> WatchOutcome:
     return WatchOutcome(existing, facts.sha256, facts.subject, scans._naive(facts.not_after), created)
 
 
-def _scope_keys(key: ApiKey):  # type: ignore[no-untyped-def]
-    if key.account_id is not None and key.state == "active":
-        return account_keys(key.account_id)
-    return select(ApiKey.id).where(ApiKey.id == key.id)
-
-
-def account_keys(account_id: int):  # type: ignore[no-untyped-def]
-    return select(ApiKey.id).where(ApiKey.account_id == account_id, ApiKey.state == "active")
-
-
-def visible_ids(endpoint_ids, key_ids):  # type: ignore[no-untyped-def]
+def visible_ids(endpoint_ids: Select[int], key_ids: Select[int]) -> CompoundSelect[int | None]:
     """A SELECT of certificate ids: served on those endpoints (now or before), or uploaded."""
     return union(
         select(AddressState.certificate_id).where(AddressState.endpoint_id.in_(endpoint_ids)),
@@ -95,13 +86,12 @@ def visible_ids(endpoint_ids, key_ids):  # type: ignore[no-untyped-def]
     )
 
 
-def _key_scope(ctx: Ctx, raw_key: str):  # type: ignore[no-untyped-def]
-    key = keys.use(ctx, raw_key)
-    return visible_ids(servers.visible_endpoints(key), _scope_keys(key))
+def _key_scope(key: ApiKey) -> CompoundSelect[int | None]:
+    return visible_ids(visibility.key_endpoints(key), visibility.key_scope(key))
 
 
-def _account_scope(account_id: int):  # type: ignore[no-untyped-def]
-    return visible_ids(servers.account_endpoints(account_id), account_keys(account_id))
+def _account_scope(account_id: int) -> CompoundSelect[int | None]:
+    return visible_ids(visibility.account_endpoints(account_id), visibility.account_keys(account_id))
 
 
 @dataclass(frozen=True)
@@ -115,7 +105,7 @@ class CertRow:
     watched: bool  # uploaded as PEM by one of the caller's keys
 
 
-def _rows(ctx: Ctx, scope, key_ids) -> list[CertRow]:  # type: ignore[no-untyped-def]
+def _rows(ctx: Ctx, scope: CompoundSelect[int | None], key_ids: Select[int]) -> list[CertRow]:
     watched = set(
         ctx.session.scalars(
             select(WatchedCertificate.certificate_id).where(WatchedCertificate.api_key_id.in_(key_ids))
@@ -140,7 +130,7 @@ def _rows(ctx: Ctx, scope, key_ids) -> list[CertRow]:  # type: ignore[no-untyped
 
 def list_for_key(ctx: Ctx, raw_key: str) -> list[CertRow]:
     key = keys.use(ctx, raw_key)
-    return _rows(ctx, _key_scope(ctx, raw_key), _scope_keys(key))
+    return _rows(ctx, _key_scope(key), visibility.key_scope(key))
 
 
 @dataclass(frozen=True)
@@ -174,7 +164,13 @@ class CertDetail:
     watched: bool
 
 
-def _detail(ctx: Ctx, sha256: str, scope, endpoint_ids, key_ids) -> CertDetail:  # type: ignore[no-untyped-def]
+def _detail(
+    ctx: Ctx,
+    sha256: str,
+    scope: CompoundSelect[int | None],
+    endpoint_ids: Select[int],
+    key_ids: Select[int],
+) -> CertDetail:
     cert = ctx.session.scalar(
         select(Certificate).where(Certificate.sha256 == sha256.lower(), Certificate.id.in_(scope))
     )
@@ -256,7 +252,7 @@ def _detail(ctx: Ctx, sha256: str, scope, endpoint_ids, key_ids) -> CertDetail: 
 
 def detail_for_key(ctx: Ctx, raw_key: str, sha256: str) -> CertDetail:
     key = keys.use(ctx, raw_key)
-    return _detail(ctx, sha256, _key_scope(ctx, raw_key), servers.visible_endpoints(key), _scope_keys(key))
+    return _detail(ctx, sha256, _key_scope(key), visibility.key_endpoints(key), visibility.key_scope(key))
 
 
 def detail_for_account(ctx: Ctx, account_id: int, sha256: str) -> CertDetail:
@@ -264,6 +260,6 @@ def detail_for_account(ctx: Ctx, account_id: int, sha256: str) -> CertDetail:
         ctx,
         sha256,
         _account_scope(account_id),
-        servers.account_endpoints(account_id),
-        account_keys(account_id),
+        visibility.account_endpoints(account_id),
+        visibility.account_keys(account_id),
     )

@@ -263,15 +263,3 @@ def list_rows(ctx: Ctx, *, raw_key: str | None = None) -> list[DomainRow]:
         DomainRow(str(DomainName(host, port)), host, port, email, prefix, state, added_at)
         for host, port, email, prefix, state, added_at in ctx.session.execute(query)
     ]
-
-
-def account_endpoint_ids(ctx: Ctx, account_id: int) -> list[int]:
-    """The endpoints an account sees: those of its approved keys."""
-    return list(
-        ctx.session.scalars(
-            select(Watch.endpoint_id)
-            .join(ApiKey, ApiKey.id == Watch.api_key_id)
-            .where(ApiKey.account_id == account_id, ApiKey.state == "active")
-            .distinct()
-        )
-    )

@@ -11,12 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, Text, and_, case, cast, func, select, union
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    SQLColumnExpression,
+    Text,
+    and_,
+    case,
+    cast,
+    func,
+    select,
+    union,
+)
 
 from keychest.service import domains, errors
-from keychest.service.certificates import account_keys
 from keychest.service.context import Ctx
-from keychest.service.servers import RENEWAL_DUE, account_endpoints
+from keychest.service.servers import RENEWAL_DUE
+from keychest.service.visibility import account_endpoint, account_endpoints, account_keys
 from keychest.store.models import (
     Account,
     AddressState,
@@ -33,7 +44,7 @@ CALENDAR_MONTHS = 12
 CALENDAR_ISSUERS = 5  # the biggest issuers get a colour each; the rest are "other"
 
 
-def _rank(column):  # type: ignore[no-untyped-def]
+def _rank(column: SQLColumnExpression[str | None]) -> ColumnElement[int]:
     return case(*((column == state, rank) for state, rank in STATE_RANK.items()), else_=-1)
 
 
@@ -65,7 +76,7 @@ class Tiles:
     down: int
 
 
-def _current_certificates(account_id: int):  # type: ignore[no-untyped-def]
+def _current_certificates(account_id: int) -> CompoundSelect[int | None]:
     """Ids of the leaf certificates the account's servers serve now, plus its uploaded ones."""
     return union(
         select(AddressState.certificate_id).where(
@@ -428,9 +439,7 @@ class ServerDetail:
 
 
 def server_detail(ctx: Ctx, account_id: int, endpoint_id: int) -> ServerDetail:
-    endpoint = ctx.session.scalar(
-        select(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.id.in_(account_endpoints(account_id)))
-    )
+    endpoint = account_endpoint(ctx, account_id, endpoint_id)
     if endpoint is None:
         raise errors.not_found("no such server")
     addresses = [

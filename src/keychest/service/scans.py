@@ -15,17 +15,15 @@ from sqlalchemy.exc import IntegrityError
 
 from keychest.scan.judge import CertFacts
 from keychest.scan.runner import AddressResult
-from keychest.service import domains, errors, keys
+from keychest.service import domains, errors, visibility
 from keychest.service.bulk import chunks
 from keychest.service.context import Ctx
 from keychest.store.models import (
     AddressState,
-    ApiKey,
     Certificate,
     Endpoint,
     ScanChange,
     ScanSettings,
-    Watch,
 )
 
 STATE_ORDER = {"ok": 0, "warning": 1, "critical": 2, "error": 3}
@@ -331,30 +329,9 @@ def address_views(ctx: Ctx, endpoint_id: int) -> list[AddressView]:
     ]
 
 
-def _owned_endpoint(ctx: Ctx, raw_key: str, domain_text: str) -> Endpoint:
-    """The endpoint, if the key (or the key's account, once approved) registered it."""
-    key = keys.use(ctx, raw_key)
-    name = domains.parse_domain(domain_text)
-    endpoint = ctx.session.scalar(
-        select(Endpoint).where(Endpoint.host == name.host, Endpoint.port == name.port)
-    )
-    if endpoint is None:
-        raise errors.not_found(f"{name} is not registered for this key")
-    owners = select(Watch.id).where(Watch.endpoint_id == endpoint.id)
-    if key.account_id is not None and key.state == "active":
-        owners = owners.join(ApiKey, ApiKey.id == Watch.api_key_id).where(
-            (ApiKey.account_id == key.account_id) & (ApiKey.state == "active") | (Watch.api_key_id == key.id)
-        )
-    else:
-        owners = owners.where(Watch.api_key_id == key.id)
-    if ctx.session.scalar(owners.limit(1)) is None:
-        raise errors.not_found(f"{name} is not registered for this key")
-    return endpoint
-
-
 def expiration_facts(ctx: Ctx, raw_key: str, domain_text: str) -> dict[str, str]:
     """The line API's `expiration`: key=value facts from the stored results."""
-    endpoint = _owned_endpoint(ctx, raw_key, domain_text)
+    endpoint = visibility.key_endpoint(ctx, raw_key, domain_text)
     views = address_views(ctx, endpoint.id)
     if endpoint.last_scan_at is None or not views:
         return {"state": "pending", "addresses": "0"}
@@ -426,16 +403,12 @@ def request_rescan(ctx: Ctx, raw_key: str, domain_text: str) -> Rescan:
 
     Any other domain, registered by someone else or not at all, answers 404 like a missing one.
     """
-    return _due_now(ctx, _owned_endpoint(ctx, raw_key, domain_text))
+    return _due_now(ctx, visibility.key_endpoint(ctx, raw_key, domain_text))
 
 
 def rescan_for_account(ctx: Ctx, account_id: int, endpoint_id: int) -> Rescan:
     """The dashboard's "Scan now" on a server page of the signed-in account."""
-    from keychest.service.servers import account_endpoints  # servers imports this module
-
-    endpoint = ctx.session.scalar(
-        select(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.id.in_(account_endpoints(account_id)))
-    )
+    endpoint = visibility.account_endpoint(ctx, account_id, endpoint_id)
     if endpoint is None:
         raise errors.not_found("no such server")
     return _due_now(ctx, endpoint)

@@ -8,13 +8,14 @@ sees the domains of its account (once approved) or its own, a signed-in account 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import CursorResult, Select, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from keychest.service import accounts, audit, domains, errors, keys, keystrength, scans
+from keychest.service import accounts, audit, domains, errors, keys, keystrength, scans, visibility
 from keychest.service.context import Ctx
 from keychest.store.models import Account, AddressState, ApiKey, Certificate, Endpoint, ScanChange, Watch
 
@@ -90,7 +91,7 @@ class KeyOwner:
 def whoami(ctx: Ctx, raw_key: str) -> KeyOwner:
     key = keys.use(ctx, raw_key)
     account = ctx.session.get(Account, key.account_id) if key.account_id is not None else None
-    count = ctx.session.scalar(select(func.count()).select_from(visible_endpoints(key).subquery()))
+    count = ctx.session.scalar(select(func.count()).select_from(visibility.key_endpoints(key).subquery()))
     key_state, account_state = _claim_state(ctx, key)
     return KeyOwner(
         account.email if account else None,
@@ -135,42 +136,6 @@ def approve_account_key(ctx: Ctx, account_id: int, key_id: int) -> None:
     keys.approve(ctx, key.id)
 
 
-# --- which endpoints a caller sees -------------------------------------------------------------
-
-
-def visible_endpoints(key: ApiKey):  # type: ignore[no-untyped-def]
-    """Endpoint ids a key sees: its account's (approved keys) once it is approved, else its own."""
-    if key.account_id is not None and key.state == "active":
-        return account_endpoints(key.account_id)
-    return select(Watch.endpoint_id).where(Watch.api_key_id == key.id).distinct()
-
-
-def account_endpoints(account_id: int):  # type: ignore[no-untyped-def]
-    """A SELECT of the endpoint ids an account sees, to use as a subquery (never a Python list)."""
-    return (
-        select(Watch.endpoint_id)
-        .join(ApiKey, ApiKey.id == Watch.api_key_id)
-        .where(ApiKey.account_id == account_id, ApiKey.state == "active")
-        .distinct()
-    )
-
-
-def owned_endpoint(ctx: Ctx, raw_key: str, domain_text: str) -> Endpoint:
-    """The endpoint of a domain the key may see; 404 for any other (registered or not)."""
-    key = keys.use(ctx, raw_key)
-    name = domains.parse_domain(domain_text)
-    endpoint = ctx.session.scalar(
-        select(Endpoint).where(
-            Endpoint.host == name.host,
-            Endpoint.port == name.port,
-            Endpoint.id.in_(visible_endpoints(key)),
-        )
-    )
-    if endpoint is None:
-        raise errors.not_found(f"{name} is not registered for this key")
-    return endpoint
-
-
 # --- expiration (KeyChest's shape) -------------------------------------------------------------
 
 
@@ -184,7 +149,7 @@ def expiration(ctx: Ctx, raw_key: str, domain_text: str, ip: str | None = None) 
     With ``ip`` (KeyChest's ``ip=``), only that address's record, and the summary of it alone.
     """
     wanted = _ip_filter(ip)
-    endpoint = owned_endpoint(ctx, raw_key, domain_text)
+    endpoint = visibility.key_endpoint(ctx, raw_key, domain_text)
     results: list[dict[str, object]] = []
     for view in scans.address_views(ctx, endpoint.id):
         if wanted is not None and _ip_filter(view.ip or None) != wanted:
@@ -244,7 +209,7 @@ class ServerRow:
     added_at: datetime | None
 
 
-def _server_rows(ctx: Ctx, endpoint_ids) -> list[ServerRow]:  # type: ignore[no-untyped-def]
+def _server_rows(ctx: Ctx, endpoint_ids: Select[int] | Sequence[int]) -> list[ServerRow]:
     per_endpoint = (
         select(
             AddressState.endpoint_id.label("endpoint_id"),
@@ -294,14 +259,14 @@ def _server_rows(ctx: Ctx, endpoint_ids) -> list[ServerRow]:  # type: ignore[no-
 
 def list_for_key(ctx: Ctx, raw_key: str) -> list[ServerRow]:
     key = keys.use(ctx, raw_key)
-    return _server_rows(ctx, visible_endpoints(key))
+    return _server_rows(ctx, visibility.key_endpoints(key))
 
 
 def lookup(ctx: Ctx, raw_key: str, domain_text: str) -> tuple[ServerRow, dict[str, object]]:
     """REST ``servers/lookup``: one of the key's servers as listed, with its expiration answer."""
     answer = expiration(ctx, raw_key, domain_text)
-    # owned_endpoint has checked that the key sees it: one row, not the whole list.
-    endpoint = owned_endpoint(ctx, raw_key, domain_text)
+    # key_endpoint has checked that the key sees it: one row, not the whole list.
+    endpoint = visibility.key_endpoint(ctx, raw_key, domain_text)
     return _server_rows(ctx, [endpoint.id])[0], answer
 
 
@@ -322,22 +287,16 @@ def _unwatch(ctx: Ctx, endpoint_id: int, key_ids: Select[int]) -> int:
 
 def remove(ctx: Ctx, raw_key: str, domain_text: str) -> str:
     """Stop watching a domain for the key's account (every key of it), or for the key alone."""
-    endpoint = owned_endpoint(ctx, raw_key, domain_text)
+    endpoint = visibility.key_endpoint(ctx, raw_key, domain_text)
     key = keys.use(ctx, raw_key)
     domain = str(domains.DomainName(endpoint.host, endpoint.port))
-    if key.account_id is not None and key.state == "active":
-        key_ids = select(ApiKey.id).where(ApiKey.account_id == key.account_id, ApiKey.state == "active")
-    else:
-        key_ids = select(ApiKey.id).where(ApiKey.id == key.id)
-    _unwatch(ctx, endpoint.id, key_ids)
+    _unwatch(ctx, endpoint.id, visibility.key_scope(key))
     audit.record(ctx, "domain_removed", api_key_id=key.id, account_id=key.account_id, subject=domain)
     return domain
 
 
 def remove_for_account(ctx: Ctx, account_id: int, endpoint_id: int) -> str:
-    endpoint = ctx.session.scalar(
-        select(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.id.in_(account_endpoints(account_id)))
-    )
+    endpoint = visibility.account_endpoint(ctx, account_id, endpoint_id)
     if endpoint is None:
         raise errors.not_found("no such server")
     domain = str(domains.DomainName(endpoint.host, endpoint.port))
@@ -371,20 +330,14 @@ def add_for_account(ctx: Ctx, account_id: int, domain_text: str) -> domains.AddO
     Keys are stored only as hashes, so the dashboard cannot call ``domains.add`` with one;
     the watch is made here, with the same rules (normalisation, idempotence per account).
     """
-    key_id = ctx.session.scalar(
-        select(ApiKey.id)
-        .where(ApiKey.account_id == account_id, ApiKey.state == "active")
-        .order_by(ApiKey.id)
-        .limit(1)
-    )
+    key_id = ctx.session.scalar(visibility.account_keys(account_id).order_by(ApiKey.id).limit(1))
     if key_id is None:
         raise errors.forbidden("the account has no approved API key to register domains with")
     domain = domains.parse_domain(domain_text)
     endpoint_id = _endpoint_id(ctx, domain)
     existing = ctx.session.scalar(
         select(Watch.id)
-        .join(ApiKey, ApiKey.id == Watch.api_key_id)
-        .where(Watch.endpoint_id == endpoint_id, ApiKey.account_id == account_id, ApiKey.state == "active")
+        .where(Watch.endpoint_id == endpoint_id, Watch.api_key_id.in_(visibility.account_keys(account_id)))
         .limit(1)
     )
     if existing is not None:
