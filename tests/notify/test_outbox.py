@@ -67,10 +67,10 @@ def send_once(service: Keychest, **kwargs: float) -> Sender:
 
 
 def claim_new(service: Keychest, email: str, *domain_names: str) -> str:
-    key = service.call(keys.create, ip="198.51.100.7").key
+    key = service.from_ip("198.51.100.7").call(keys.create).key
     for name in domain_names:
-        service.call(domains.add, key, name, ip="198.51.100.7")
-    service.call(accounts.claim, key, email, ip="198.51.100.7")
+        service.from_ip("198.51.100.7").call(domains.add, key, name)
+    service.from_ip("198.51.100.7").call(accounts.claim, key, email)
     return key
 
 

@@ -47,8 +47,8 @@ def svc(db_url: str, clock: Clock) -> Iterator[Keychest]:
 
 
 def test_keys_are_random_and_stored_only_hashed(svc: Keychest) -> None:
-    a = svc.call(keys.create, ip="192.0.2.1")
-    b = svc.call(keys.create, ip="192.0.2.1")
+    a = svc.from_ip("192.0.2.1").call(keys.create)
+    b = svc.from_ip("192.0.2.1").call(keys.create)
     assert a.key != b.key and len(a.key) >= 32
     assert keys.KEY_PATTERN.fullmatch(a.key)
     rows = svc.read(lambda ctx: list(ctx.session.scalars(select(ApiKey))))
@@ -58,8 +58,8 @@ def test_keys_are_random_and_stored_only_hashed(svc: Keychest) -> None:
 
 
 def test_claim_new_email_makes_dormant_account_and_queues_confirmation(svc: Keychest) -> None:
-    key = svc.call(keys.create, ip="192.0.2.1").key
-    outcome = svc.call(accounts.claim, key, "Owner@Example.ORG", ip="192.0.2.1")
+    key = svc.from_ip("192.0.2.1").call(keys.create).key
+    outcome = svc.from_ip("192.0.2.1").call(accounts.claim, key, "Owner@Example.ORG")
     assert (outcome.outcome, outcome.email) == ("created", "owner@example.org")
     summary = svc.read(accounts.list_summaries)[0]
     assert (summary.email, summary.state, summary.keys) == ("owner@example.org", "dormant", 1)
@@ -76,9 +76,9 @@ def test_every_key_claimed_for_a_dormant_address_gets_its_own_confirmation(svc: 
     # Issue 10 item 1: a stranger's K1 first, the owner's K2 later; confirming K2's mail
     # approves K2 only, and K1 stays pending.
     first = svc.call(keys.create).key
-    account_id = svc.call(accounts.claim, first, "owner@example.org", ip="203.0.113.66").account_id
+    account_id = svc.from_ip("203.0.113.66").call(accounts.claim, first, "owner@example.org").account_id
     second = svc.call(keys.create).key
-    assert svc.call(accounts.claim, second, "owner@example.org", ip="198.51.100.1").outcome == "pending"
+    assert svc.from_ip("198.51.100.1").call(accounts.claim, second, "owner@example.org").outcome == "pending"
     k1, k2 = svc.read(keys.list_all)
     assert (k1.state, k2.state) == ("pending", "pending")
     mails = sorted(svc.read(outbox.list_all), key=lambda m: m.id)
@@ -94,10 +94,10 @@ def test_every_key_claimed_for_a_dormant_address_gets_its_own_confirmation(svc: 
 def test_confirmation_mails_per_address_are_capped(svc: Keychest) -> None:
     for n in range(accounts.CONFIRM_MAILS_PER_DAY):
         key = svc.call(keys.create).key
-        svc.call(accounts.claim, key, "owner@example.org", ip=f"192.0.2.{n + 1}")
+        svc.from_ip(f"192.0.2.{n + 1}").call(accounts.claim, key, "owner@example.org")
     key = svc.call(keys.create).key
     # Past the cap the claim holds (pending; refusing it would lock the owner out), unmailed.
-    assert svc.call(accounts.claim, key, "owner@example.org", ip="192.0.2.99").outcome == "pending"
+    assert svc.from_ip("192.0.2.99").call(accounts.claim, key, "owner@example.org").outcome == "pending"
     assert len(svc.read(outbox.list_all)) == accounts.CONFIRM_MAILS_PER_DAY
 
 
@@ -107,7 +107,10 @@ def test_approval_mails_per_address_are_capped(svc: Keychest) -> None:
     svc.call(accounts.confirm, claimed.account_id, claimed.api_key_id)
     for n in range(accounts.CONFIRM_MAILS_PER_DAY + 2):
         key = svc.call(keys.create).key
-        assert svc.call(accounts.claim, key, "owner@example.org", ip=f"192.0.2.{n + 1}").outcome == "pending"
+        assert (
+            svc.from_ip(f"192.0.2.{n + 1}").call(accounts.claim, key, "owner@example.org").outcome
+            == "pending"
+        )
     kinds = [m.kind for m in svc.read(outbox.list_all)]
     assert kinds.count("approve_key") == accounts.CONFIRM_MAILS_PER_DAY
 
@@ -118,13 +121,15 @@ def test_a_stranger_cannot_spend_the_owners_claims(db_url: str, clock: Clock) ->
     try:
         for _ in range(2):
             key = svc.call(keys.create).key
-            svc.call(accounts.claim, key, "victim@example.org", ip="203.0.113.66")
+            svc.from_ip("203.0.113.66").call(accounts.claim, key, "victim@example.org")
         key = svc.call(keys.create).key
         with pytest.raises(ServiceError) as caught:
-            svc.call(accounts.claim, key, "victim@example.org", ip="203.0.113.66")
+            svc.from_ip("203.0.113.66").call(accounts.claim, key, "victim@example.org")
         assert caught.value.code == 429
         own = svc.call(keys.create).key
-        assert svc.call(accounts.claim, own, "victim@example.org", ip="198.51.100.1").outcome == "pending"
+        assert (
+            svc.from_ip("198.51.100.1").call(accounts.claim, own, "victim@example.org").outcome == "pending"
+        )
     finally:
         svc.db.dispose()
 
@@ -235,14 +240,14 @@ def test_quotas(db_url: str, clock: Clock) -> None:
         db_url, clock, keys_per_ip_per_hour=2, domains_per_unconfirmed_key=2, claims_per_email_per_day=1
     )
     try:
-        key = svc.call(keys.create, ip="192.0.2.9").key
-        svc.call(keys.create, ip="192.0.2.9")
+        key = svc.from_ip("192.0.2.9").call(keys.create).key
+        svc.from_ip("192.0.2.9").call(keys.create)
         with pytest.raises(ServiceError) as caught:
-            svc.call(keys.create, ip="192.0.2.9")
+            svc.from_ip("192.0.2.9").call(keys.create)
         assert caught.value.code == 429
-        svc.call(keys.create, ip="192.0.2.10")  # another address is not affected
+        svc.from_ip("192.0.2.10").call(keys.create)  # another address is not affected
         clock.now += timedelta(hours=1, seconds=1)
-        svc.call(keys.create, ip="192.0.2.9")  # the hour has passed
+        svc.from_ip("192.0.2.9").call(keys.create)  # the hour has passed
 
         svc.call(domains.add, key, "a.example")
         svc.call(domains.add, key, "b.example")
@@ -251,7 +256,7 @@ def test_quotas(db_url: str, clock: Clock) -> None:
         assert caught.value.code == 403 and "confirmed" in caught.value.text
 
         svc.call(accounts.claim, key, "x@example.org")
-        other = svc.call(keys.create, ip="192.0.2.11").key
+        other = svc.from_ip("192.0.2.11").call(keys.create).key
         with pytest.raises(ServiceError) as caught:
             svc.call(accounts.claim, other, "x@example.org")
         assert caught.value.code == 429
@@ -273,9 +278,9 @@ def test_batch_rolls_back_only_the_refused_call(svc: Keychest) -> None:
 
 
 def test_audit_records_key_events_with_source(svc: Keychest) -> None:
-    key = svc.call(keys.create, ip="198.51.100.7").key
-    svc.call(accounts.claim, key, "owner@example.org", ip="198.51.100.7")
-    svc.call(domains.add, key, "www.example.net", ip="198.51.100.8")
+    key = svc.from_ip("198.51.100.7").call(keys.create).key
+    svc.from_ip("198.51.100.7").call(accounts.claim, key, "owner@example.org")
+    svc.from_ip("198.51.100.8").call(domains.add, key, "www.example.net")
     events = [(e.event, e.ip) for e in reversed(svc.read(audit.recent))]
     assert events == [
         ("key_created", "198.51.100.7"),

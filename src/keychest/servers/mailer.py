@@ -16,14 +16,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 from keychest.notify import smtp
 from keychest.service import alerting, outbox, reports
+from keychest.service.context import Ctx
 from keychest.service.facade import Keychest
 
 log = logging.getLogger("keychest.mailer")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 ALERT_INTERVAL_S = 60.0
 # How often to look for fresh scan results or newly confirmed accounts (two cheap queries),
@@ -54,11 +56,9 @@ class Sender:
         self.sent = 0
         self.failed = 0
 
-    async def _db_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _db_call(self, fn: Callable[Concatenate[Ctx, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._db, functools.partial(self.service.call, functools.partial(fn, **kwargs), *args)
-        )
+        return await loop.run_in_executor(self._db, functools.partial(self.service.call, fn, *args, **kwargs))
 
     async def run_once(self) -> int:
         """Lease and try one batch; the number of queued mails it dealt with (sent, failed or skipped)."""

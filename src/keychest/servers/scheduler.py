@@ -16,16 +16,22 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from keychest.config import SchedulerSettings
 from keychest.scan.runner import Scanner, ScanOptions
 from keychest.scan.targets import Endpoint
 from keychest.service import scans
+from keychest.service.context import Ctx
 from keychest.service.facade import Keychest
 
 log = logging.getLogger("keychest.scheduler")
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def owner_id() -> str:
@@ -69,11 +75,9 @@ class ScanScheduler:
         # Long enough for a scan of every address with all its time-outs, with room to spare.
         return self.options.timeout * 4 + 60
 
-    async def _db_call(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def _db_call(self, fn: Callable[Concatenate[Ctx, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._db, functools.partial(self.service.call, functools.partial(fn, **kwargs), *args)
-        )
+        return await loop.run_in_executor(self._db, functools.partial(self.service.call, fn, *args, **kwargs))
 
     async def run(self) -> None:
         scanner = self.make_scanner()

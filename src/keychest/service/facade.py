@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -24,6 +24,7 @@ from keychest.service.errors import ServiceError, StorageUnavailable
 from keychest.store.db import Database, DatabaseFileGone, upgrade
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 UNAVAILABLE_TEXT = "storage unavailable; nothing was changed, retry"
@@ -67,10 +68,23 @@ class Call:
 
 
 class Keychest:
-    def __init__(self, db: Database, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        ip: str | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
+        # The client address calls are made for (audit log, per-address quotas): see from_ip.
+        self.ip = ip
+
+    def from_ip(self, ip: str | None) -> Keychest:
+        """This service, calling on behalf of a client at ``ip`` (each call's ``ctx.ip``)."""
+        return Keychest(self.db, self.settings, self.clock, ip=ip)
 
     @classmethod
     def open(cls, settings: Settings) -> Keychest:
@@ -103,13 +117,16 @@ class Keychest:
     def close(self) -> None:
         self.db.dispose()
 
-    def call(self, fn: Callable[..., T], *args: Any, ip: str | None = None, **kwargs: Any) -> T:
+    # ParamSpec: mypy checks every call's arguments against the service function's signature.
+    def call(self, fn: Callable[Concatenate[Ctx, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` in a write transaction of its own, committed when it returns."""
         with storage_errors(), self.db.write() as session:
-            return fn(Ctx(session, self.settings, self.clock(), ip), *args, **kwargs)
+            return fn(Ctx(session, self.settings, self.clock(), self.ip), *args, **kwargs)
 
-    def read(self, fn: Callable[..., T], *args: Any, ip: str | None = None, **kwargs: Any) -> T:
+    def read(self, fn: Callable[Concatenate[Ctx, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` in a read-only transaction."""
         with storage_errors(), self.db.read() as session:
-            return fn(Ctx(session, self.settings, self.clock(), ip), *args, **kwargs)
+            return fn(Ctx(session, self.settings, self.clock(), self.ip), *args, **kwargs)
 
     def call_batch(self, calls: Sequence[Call]) -> list[Any | ServiceError]:
         """Run calls under one commit. A call that raises ServiceError is rolled back alone.

@@ -10,9 +10,10 @@ change things through ``service.servers`` and ``service.preferences``.
 from __future__ import annotations
 
 import zoneinfo
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -25,10 +26,14 @@ from starlette.concurrency import run_in_threadpool
 from keychest.scan.judge import days_left as judge_days_left
 from keychest.scan.runner import ScanOptions
 from keychest.service import certificates, overview, preferences, servers
+from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
 from keychest.service.scans import rescan_for_account
 from keychest.web import session
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
@@ -189,8 +194,11 @@ class Pages:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
 
-    async def db(self, fn: Any, *args: Any, request: Request) -> Any:
-        return await run_in_threadpool(self.service.call, fn, *args, ip=_ip(request))
+    async def db(
+        self, request: Request, fn: Callable[Concatenate[Ctx, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """A service call for the request's client, off the event loop."""
+        return await run_in_threadpool(self.service.from_ip(_ip(request)).call, fn, *args, **kwargs)
 
     def render(
         self, request: Request, name: str, account: overview.AccountInfo, status: int = 200, **values: Any
@@ -242,7 +250,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         if account_id is None:
             return None
         try:
-            return await pages.db(overview.account, account_id, request=request)
+            return await pages.db(request, overview.account, account_id)
         except ServiceError:
             return None  # deleted or blocked since the cookie was made
 
@@ -251,7 +259,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         account = await account_or_none(request)
         if account is None:
             return pages.to_signin(request)
-        data: overview.Overview = await pages.db(overview.overview, account.id, request=request)
+        data: overview.Overview = await pages.db(request, overview.overview, account.id)
         colours = _colours(data.calendar.issuers)
         return pages.render(
             request,
@@ -271,10 +279,10 @@ def install(app: FastAPI, service: Keychest) -> None:
         if account is None:
             return pages.to_signin(request)
         listing = await pages.db(
+            request,
             lambda ctx: overview.servers_page(
                 ctx, account.id, query=q[:200], sort=sort, descending=bool(desc), page=p
             ),
-            request=request,
         )
         return pages.render(request, "servers.html", account, page="servers", listing=listing, error=None)
 
@@ -287,11 +295,9 @@ def install(app: FastAPI, service: Keychest) -> None:
         if form is None:
             return _forbidden()
         try:
-            outcome = await pages.db(
-                servers.add_for_account, account.id, form.get("domain", ""), request=request
-            )
+            outcome = await pages.db(request, servers.add_for_account, account.id, form.get("domain", ""))
         except ServiceError as exc:
-            listing = await pages.db(lambda ctx: overview.servers_page(ctx, account.id), request=request)
+            listing = await pages.db(request, lambda ctx: overview.servers_page(ctx, account.id))
             return pages.render(
                 request,
                 "servers.html",
@@ -312,7 +318,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         if await pages.form(request) is None:
             return _forbidden()
         try:
-            await pages.db(servers.remove_for_account, account.id, endpoint_id, request=request)
+            await pages.db(request, servers.remove_for_account, account.id, endpoint_id)
         except ServiceError as exc:
             return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
         return _back("/servers", "removed")
@@ -325,7 +331,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         if await pages.form(request) is None:
             return _forbidden()
         try:
-            await pages.db(rescan_for_account, account.id, endpoint_id, request=request)
+            await pages.db(request, rescan_for_account, account.id, endpoint_id)
         except ServiceError as exc:
             return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
         return _back(f"/servers/{endpoint_id}", "rescan")
@@ -336,7 +342,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         if account is None:
             return pages.to_signin(request)
         try:
-            detail = await pages.db(overview.server_detail, account.id, endpoint_id, request=request)
+            detail = await pages.db(request, overview.server_detail, account.id, endpoint_id)
         except ServiceError:
             return pages.render(request, "missing.html", account, status=404, page="servers", what="server")
         return pages.render(request, "server.html", account, page="servers", server=detail)
@@ -347,7 +353,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         if account is None:
             return pages.to_signin(request)
         try:
-            detail = await pages.db(certificates.detail_for_account, account.id, sha256[:64], request=request)
+            detail = await pages.db(request, certificates.detail_for_account, account.id, sha256[:64])
         except ServiceError:
             return pages.render(
                 request, "missing.html", account, status=404, page="servers", what="certificate"
@@ -359,7 +365,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         account = await account_or_none(request)
         if account is None:
             return pages.to_signin(request)
-        lines = await pages.db(overview.key_lines, account.id, request=request)
+        lines = await pages.db(request, overview.key_lines, account.id)
         return pages.render(request, "keys.html", account, page="keys", keys=lines)
 
     async def key_action(request: Request, key_id: int, fn: Any, done: str) -> Response:
@@ -369,7 +375,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         if await pages.form(request) is None:
             return _forbidden()
         try:
-            await pages.db(fn, account.id, key_id, request=request)
+            await pages.db(request, fn, account.id, key_id)
         except ServiceError as exc:
             return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
         response = _back("/keys", done)
@@ -392,7 +398,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         account = await account_or_none(request)
         if account is None:
             return pages.to_signin(request)
-        prefs = await pages.db(preferences.get, account.id, request=request)
+        prefs = await pages.db(request, preferences.get, account.id)
         return pages.render(request, "settings.html", account, **_settings_values(prefs, None, None))
 
     @app.post("/settings", include_in_schema=False)
@@ -420,9 +426,9 @@ def install(app: FastAPI, service: Keychest) -> None:
                 "timezone": form.get("timezone", "").strip(),
             }
         try:
-            await pages.db(lambda ctx: preferences.update(ctx, account.id, **changes), request=request)
+            await pages.db(request, lambda ctx: preferences.update(ctx, account.id, **changes))
         except ServiceError as exc:
-            prefs = await pages.db(preferences.get, account.id, request=request)
+            prefs = await pages.db(request, preferences.get, account.id)
             return pages.render(
                 request, "settings.html", account, status=exc.code, **_settings_values(prefs, exc.text, form)
             )

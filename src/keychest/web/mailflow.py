@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import FastAPI, Form, Request
@@ -17,9 +18,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from keychest.service import links
+from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
 from keychest.web import session
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # path prefix -> links.ROUTES name, and what the page says about the button
 PAGES: dict[str, tuple[str, str, str]] = {
@@ -104,9 +109,11 @@ def safe_next(target: str | None) -> str | None:
 
 
 def install(app: FastAPI, service: Keychest) -> None:
-    async def call(fn: Any, *args: Any, ip: str | None) -> Any:
+    async def call(
+        ip: str | None, fn: Callable[Concatenate[Ctx, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         # Service calls block on the database: keep them off the event loop.
-        return await asyncio.to_thread(service.call, fn, *args, ip=ip)
+        return await asyncio.to_thread(service.from_ip(ip).call, fn, *args, **kwargs)
 
     def error_page(title: str, exc: ServiceError) -> HTMLResponse:
         return page("message.html", status=exc.code, title=title, message=exc.text, ok=False)
@@ -114,7 +121,7 @@ def install(app: FastAPI, service: Keychest) -> None:
     def add_link_routes(prefix: str, route: str, title: str, button: str) -> None:
         async def show(token: str, request: Request) -> Response:
             try:
-                view = await call(links.view, route, token, ip=_ip(request))
+                view = await call(_ip(request), links.view, route, token)
             except ServiceError as exc:
                 return error_page(title, exc)
             return page("confirm.html", title=title, button=button, view=view, action=request.url.path)
@@ -129,7 +136,7 @@ def install(app: FastAPI, service: Keychest) -> None:
                     ok=False,
                 )
             try:
-                done = await call(links.act, route, token, ip=_ip(request))
+                done = await call(_ip(request), links.act, route, token)
             except ServiceError as exc:
                 return error_page(title, exc)
             if done.sign_in:
@@ -167,7 +174,7 @@ def install(app: FastAPI, service: Keychest) -> None:
     @app.post("/signin", include_in_schema=False)
     async def signin_request(request: Request, email: str = Form("")) -> Response:
         try:
-            await call(links.request_signin, email, ip=_ip(request))
+            await call(_ip(request), links.request_signin, email)
         except ServiceError as exc:
             return page(
                 "signin.html", status=exc.code, title="Sign in to keychest", sent=False, error=exc.text

@@ -46,7 +46,7 @@ def sign_out(response: Response) -> None:
 
 def end_all(service: Keychest, account_id: int, *, ip: str | None) -> None:
     """Sign the account out everywhere: every cookie signed so far stops working."""
-    service.call(accounts.end_sessions, account_id, ip=ip)
+    service.from_ip(ip).call(accounts.end_sessions, account_id)
 
 
 def current_account_id(service: Keychest, request: Request) -> int | None:

@@ -159,7 +159,7 @@ class Exchange:
 
     def call(self, fn: Callable[Concatenate[Ctx, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         # Always a write transaction: even a read records the key's last use (keys.use).
-        return self.service.call(fn, *args, ip=self.ip, **kwargs)
+        return self.service.from_ip(self.ip).call(fn, *args, **kwargs)
 
 
 @dataclass
