@@ -573,8 +573,9 @@ load_state() {
   valid_email "$S_EMAIL" || S_EMAIL=""
   valid_email "$S_PLACEHOLDER" || S_PLACEHOLDER=""
   [[ $S_CLAIM == ok || $S_CLAIM =~ ^[0-9]{3}$ ]] || S_CLAIM=""
-  # a key belongs to one server: another server means a new key and a new claim
-  if [[ -n $S_SERVER && $S_SERVER != "$SERVER_ID" ]]; then
+  # a key belongs to one server: another server means a new key and a new claim (another
+  # port of the same host does not: that is the move from plain TCP to the TLS listener)
+  if [[ -n $S_SERVER && ${S_SERVER%:*} != "$KEYCHEST_SERVER" ]]; then
     log "state was for server $S_SERVER, now $SERVER_ID: requesting a new key"
     S_APIKEY="" S_CLAIM=""
   fi

@@ -222,3 +222,13 @@ def test_a_server_that_never_handshakes_times_out(tree: CertbotTree, settings: d
     assert "connect to 127.0.0.1:" in run.stderr and "timed out after 2s" in run.stderr
     assert run.seconds < 5
     assert tree.spooled() == ["www.example.net"]
+
+
+def test_moving_to_the_tls_port_keeps_the_key(tree: CertbotTree, ca: trustme.CA) -> None:
+    context, leaf = server_context(ca, "127.0.0.1")
+    with fake_server(keychest_like()) as plain, fake_server(keychest_like(), tls=context) as tls:
+        deploy(tree, plain)
+        key = tree.state_values()["apikey"]
+        run = deploy(tree, tls, KEYCHEST_PIN=pin_of(leaf))
+    assert tls.commands() == ["add"], run.stderr  # no new key, no new claim
+    assert tree.state_values()["apikey"] == key
