@@ -23,6 +23,8 @@ def test_every_apt_get_waits_for_the_lock() -> None:
 
 
 def test_install_certbot_test_deps_passes_the_lock_timeout(tmp_path: Path) -> None:
+    # A PATH without certbot, pebble, shellcheck and openssl, and an apt-get that records its
+    # arguments: the script must ask apt for them, waiting for the lock.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     record = tmp_path / "apt-calls"
@@ -31,28 +33,25 @@ def test_install_certbot_test_deps_passes_the_lock_timeout(tmp_path: Path) -> No
             if (Path(folder) / tool).exists():
                 (bin_dir / tool).symlink_to(Path(folder) / tool)
                 break
-    (bin_dir / "apt-get").write_text(f'#!/bin/bash\necho "$*" >>{record}\n')
-    (bin_dir / "certbot").write_text("#!/bin/bash\necho certbot 2.1.0\n")  # found after "install"
-    venv = tmp_path / "venv"
+    fake_apt = bin_dir / "apt-get"
+    fake_apt.write_text(f'#!/bin/bash\necho "$*" >>{record}\n')
+    fake_apt.chmod(0o755)
+    venv = tmp_path / "venv"  # certbot 5.x already there: no pip run
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "certbot").write_text("#!/bin/bash\necho certbot 5.8.0\n")
-    for fake in (bin_dir / "apt-get", bin_dir / "certbot", venv / "bin" / "certbot"):
-        fake.chmod(0o755)
-    (bin_dir / "certbot").rename(bin_dir / "certbot.later")  # missing now: apt-get must run
+    (venv / "bin" / "certbot").chmod(0o755)
     env = {**os.environ, "PATH": str(bin_dir), "CERTBOT_VENV": str(venv)}
+    # it fails at its closing `certbot --version` (the fake apt installed nothing): the calls count
     proc = subprocess.run(
-        [
-            "bash",
-            "-c",
-            f"bash {REPO}/scripts/install-certbot-test-deps.sh; mv {bin_dir}/certbot.later {bin_dir}/certbot",
-        ],
+        ["bash", str(REPO / "scripts" / "install-certbot-test-deps.sh")],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     calls = record.read_text().splitlines()
-    assert [c.split()[:3] for c in calls] == [["-o", "DPkg::Lock::Timeout=600", "update"]] + [
-        ["-o", "DPkg::Lock::Timeout=600", "install"]
+    assert [c.split()[:3] for c in calls] == [
+        ["-o", "DPkg::Lock::Timeout=600", "update"],
+        ["-o", "DPkg::Lock::Timeout=600", "install"],
     ], proc.stderr
-    assert "pebble" in calls[1] and "certbot" in calls[1]
+    assert all(tool in calls[1].split() for tool in ("certbot", "pebble", "shellcheck", "openssl"))
