@@ -13,6 +13,7 @@ from rich.table import Table
 from keychest.cli.options import db_option, print_json, resolve_db_url
 from keychest.config import MailSettings, Settings
 from keychest.service import accounts, domains, keys, outbox
+from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
 from keychest.store.db import Database, upgrade
@@ -72,7 +73,7 @@ def keys_cmd(db_url: str | None, data_dir: Path, as_json: bool) -> None:
     """List API keys (never the keys themselves: only their first characters)."""
     service = open_service(db_url, data_dir)
 
-    def load(ctx):  # type: ignore[no-untyped-def]
+    def load(ctx: Ctx) -> list[dict[str, object]]:
         emails = {a.id: a.email for a in accounts.list_summaries(ctx)}
         return [
             {

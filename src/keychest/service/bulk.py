@@ -37,6 +37,13 @@ def chunks(values: Iterable[T], size: int = 500) -> Iterator[list[T]]:
         yield chunk
 
 
+def filled(results: Sequence[T | None]) -> list[T]:
+    """The results of a bulk call, each slot filled (a None left is a bug, not an answer)."""
+    if any(result is None for result in results):
+        raise AssertionError("a bulk call left an item without a result")
+    return [result for result in results if result is not None]
+
+
 def only(results: Sequence[Any]) -> Any:
     """The single result of a bulk call made for one item, raised if it is an error."""
     from keychest.service.errors import ServiceError

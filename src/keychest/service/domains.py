@@ -12,7 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from keychest.scan import targets
 from keychest.service import audit, errors, keys
-from keychest.service.bulk import bulk_of, chunks, only
+from keychest.service.bulk import bulk_of, chunks, filled, only
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
 from keychest.store.models import Account, ApiKey, Endpoint, Watch
@@ -100,7 +100,7 @@ def add_many(
         except ServiceError as exc:
             results[index] = exc
     if not todo:
-        return results  # type: ignore[return-value]
+        return filled(results)
 
     endpoint_ids = _endpoint_ids(ctx, {(d.host, d.port) for _, _, _, d in todo})
     key_ids = {key.id for _, _, key, _ in todo}
@@ -191,7 +191,7 @@ def add_many(
         scheduled = scans.schedule_after_add(ctx, {o.endpoint_id for o in readded.values()})
         for index, outcome in readded.items():
             results[index] = replace(outcome, scan_scheduled=outcome.endpoint_id in scheduled)
-    return results  # type: ignore[return-value]
+    return filled(results)
 
 
 def _confirmed_accounts(ctx: Ctx, account_ids: set[int]) -> set[int]:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, func, insert, select
 
 from keychest.service import audit, errors
-from keychest.service.bulk import bulk_of, chunks, only
+from keychest.service.bulk import bulk_of, chunks, filled, only
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
 from keychest.store.models import ApiKey
@@ -127,7 +127,7 @@ def create_many(
                 for _, raw, digest, ip, _ in rows
             ],
         )
-    return results  # type: ignore[return-value]
+    return filled(results)
 
 
 def find(ctx: Ctx, raw: str) -> ApiKey | None:

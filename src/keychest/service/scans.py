@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keychest.scan.judge import CertFacts
@@ -84,7 +84,7 @@ def release_leases(ctx: Ctx, owner: str, endpoint_ids: Sequence[int]) -> int:
         .where(Endpoint.id.in_(list(endpoint_ids)), Endpoint.lease_owner == owner)
         .values(lease_owner=None, lease_until=None, next_scan_at=ctx.now)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return int(result.rowcount or 0) if isinstance(result, CursorResult) else 0
 
 
 def next_due_at(ctx: Ctx) -> datetime | None:
@@ -529,4 +529,4 @@ def rescan_after_settings_change(ctx: Ctx, fingerprint: str) -> int | None:
         .values(next_scan_at=ctx.now)
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return int(result.rowcount or 0) if isinstance(result, CursorResult) else 0

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -72,7 +72,7 @@ def make_engine(url: str, *, pool_size: int = 5, sqlite_autocheckpoint: bool = T
 
 def _configure_sqlite(engine: Engine, autocheckpoint: bool) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn: Any, _record: object) -> None:  # pysqlite's connection: untyped
         # Take transaction control from pysqlite so that BEGIN and SAVEPOINT mean what
         # SQLAlchemy says (the documented pysqlite recipe).
         dbapi_conn.isolation_level = None
@@ -89,7 +89,7 @@ def _configure_sqlite(engine: Engine, autocheckpoint: bool) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+    def _on_begin(conn: Connection) -> None:
         # Writers take the lock up front: a deferred transaction that later tries to write
         # fails at once with "database is locked" when another process wrote meanwhile.
         if conn.get_execution_options().get("keychest_write", False):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import weakref
 
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -21,12 +22,15 @@ COOKIE = "keychest_session"
 MAX_AGE_S = 30 * 86400
 
 
+# One per service (the secret is read once): an app serves one service for its whole life.
+_SERIALIZERS: weakref.WeakKeyDictionary[Keychest, URLSafeTimedSerializer] = weakref.WeakKeyDictionary()
+
+
 def _serializer(service: Keychest) -> URLSafeTimedSerializer:
-    cached = getattr(service, "_session_serializer", None)
+    cached = _SERIALIZERS.get(service)
     if cached is None:
         secret = service.call(secrets.get_or_create, "session")
-        cached = URLSafeTimedSerializer(secret, salt="keychest-session")
-        service._session_serializer = cached  # type: ignore[attr-defined]
+        cached = _SERIALIZERS[service] = URLSafeTimedSerializer(secret, salt="keychest-session")
     return cached
 
 
