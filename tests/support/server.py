@@ -100,7 +100,7 @@ def start_server(data_dir: Path, *extra: str, db_url: str | None = None) -> Live
         "--resolver", loopback_resolver(),
         "--scan-timeout", "3",
         *extra,
-    ]
+    ]  # fmt: skip
     server = LiveServer(data_dir, url, line_port, http_port, args, data_dir / "serve.log")
     server.start()
     return server
