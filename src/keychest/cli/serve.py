@@ -18,7 +18,7 @@ from keychest.cli.options import (
     resolve_db_url,
 )
 from keychest.config import Limits, LineServerSettings, SchedulerSettings, Settings
-from keychest.scan.runner import ScanOptions
+from keychest.scan.model import ScanOptions
 
 
 @click.command()

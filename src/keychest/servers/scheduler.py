@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from keychest.config import SchedulerSettings
-from keychest.scan.runner import Scanner, ScanOptions
+from keychest.scan.model import ScanOptions
+from keychest.scan.runner import Scanner
 from keychest.scan.targets import Endpoint
 from keychest.service import scans
 from keychest.service.context import Ctx

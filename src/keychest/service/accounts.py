@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 
 from keychest.service import audit, errors, keys, outbox, tokens
 from keychest.service.context import Ctx
+from keychest.states import AccountState, KeyState, MailState
 from keychest.store.models import Account, ApiKey, AuditEvent, OutboxMail
 
 # Deliberately loose: the confirmation mail is the real test of an address.
@@ -115,11 +116,11 @@ def _release(ctx: Ctx, key: ApiKey, account: Account) -> None:
         update(OutboxMail)
         .where(
             OutboxMail.account_id == account.id,
-            OutboxMail.state == "queued",
+            OutboxMail.state == MailState.QUEUED,
             OutboxMail.kind.in_(KEY_MAIL_KINDS),
         )
         .where(OutboxMail.payload["api_key_id"].as_integer() == key.id)
-        .values(state="skipped", last_error="claim moved to another address")
+        .values(state=MailState.SKIPPED, last_error="claim moved to another address")
     )
     tokens.revoke_for_key(ctx, account.id, key.id)
     audit.record(ctx, "claim_moved", api_key_id=key.id, account_id=account.id, subject=account.email)
@@ -141,7 +142,7 @@ def claim(ctx: Ctx, raw_key: str, email_text: str) -> ClaimOutcome:
         if placeholder:
             raise errors.forbidden("API key already bound to a placeholder address")
         if not current.is_placeholder:
-            if key.state != "pending":
+            if key.state != KeyState.PENDING:
                 # Moving a confirmed key away from a real address would let anyone who saw it
                 # take it over; an unconfirmed one still belongs to whoever holds it.
                 raise errors.forbidden("API key already claimed by another address")
@@ -153,7 +154,7 @@ def claim(ctx: Ctx, raw_key: str, email_text: str) -> ClaimOutcome:
     if account is None:
         account = Account(
             email=email,
-            state="dormant",
+            state=AccountState.DORMANT,
             is_placeholder=placeholder,
             created_at=ctx.now,
             created_ip=ctx.ip,
@@ -162,27 +163,33 @@ def claim(ctx: Ctx, raw_key: str, email_text: str) -> ClaimOutcome:
         ctx.session.flush()
         outcome = "placeholder" if placeholder else "created"
         # Pending until the address's owner confirms this very key.
-        key.state = "active" if placeholder else "pending"
+        key.state = KeyState.ACTIVE if placeholder else "pending"
         mail = None if placeholder else "confirm_account"
     elif account.is_placeholder:
         outcome = "placeholder"
-        key.state = "active"
+        key.state = KeyState.ACTIVE
     else:
         # The same answer for a new, dormant, confirmed or blocked address (no enumeration).
         outcome = "pending"
-        key.state = "pending"
-        if account.state == "dormant":
+        key.state = KeyState.PENDING
+        if account.state == AccountState.DORMANT:
             # Every key claimed for a dormant address gets its own confirmation mail, so the
             # owner's own key is never confirmed through a mail a stranger caused. Past the
             # day's cap the claim still holds (pending, approved by name on the dashboard once
             # any mail is confirmed): refusing it would let a stranger lock the owner out.
             if _recent(ctx, "mail_confirm_account", email) < CONFIRM_MAILS_PER_DAY:
                 mail = "confirm_account"
-        elif account.state == "active" and _recent(ctx, "mail_approve_key", email) < CONFIRM_MAILS_PER_DAY:
+        elif (
+            account.state == AccountState.ACTIVE
+            and _recent(ctx, "mail_approve_key", email) < CONFIRM_MAILS_PER_DAY
+        ):
             # The same cap: past it the key waits on the dashboard's keys page, unmailed.
             mail = "approve_key"
         # Blocking stopped the mails, not the owner: offer to reopen, once a day at most.
-        elif account.state == "blocked" and _recent(ctx, "mail_reopen_account", email) < REOPEN_MAILS_PER_DAY:
+        elif (
+            account.state == AccountState.BLOCKED
+            and _recent(ctx, "mail_reopen_account", email) < REOPEN_MAILS_PER_DAY
+        ):
             mail = "reopen_account"
     if moving_from is not None:
         _release(ctx, key, moving_from)
@@ -199,13 +206,13 @@ def confirm(ctx: Ctx, account_id: int, api_key_id: int | None = None) -> Account
     account = ctx.session.get(Account, account_id)
     if account is None:
         raise errors.not_found("no such account")
-    if account.state == "dormant":
-        account.state = "active"
+    if account.state == AccountState.DORMANT:
+        account.state = AccountState.ACTIVE
         account.confirmed_at = ctx.now
         audit.record(ctx, "confirm", account_id=account.id, subject=account.email)
     if api_key_id is not None:
         key = ctx.session.get(ApiKey, api_key_id)
-        if key is not None and key.account_id == account.id and key.state == "pending":
+        if key is not None and key.account_id == account.id and key.state == KeyState.PENDING:
             keys.approve(ctx, key.id)
     return account
 
@@ -215,8 +222,8 @@ def reopen(ctx: Ctx, account_id: int) -> Account:
     account = ctx.session.get(Account, account_id)
     if account is None:
         raise errors.not_found("no such account")
-    if account.state == "blocked":
-        account.state = "active"
+    if account.state == AccountState.BLOCKED:
+        account.state = AccountState.ACTIVE
         account.confirmed_at = ctx.now
         audit.record(ctx, "reopen", account_id=account.id, subject=account.email)
     return account
@@ -226,10 +233,10 @@ def block(ctx: Ctx, account_id: int) -> Account:
     account = ctx.session.get(Account, account_id)
     if account is None:
         raise errors.not_found("no such account")
-    account.state = "blocked"
+    account.state = AccountState.BLOCKED
     for key in ctx.session.scalars(select(ApiKey).where(ApiKey.account_id == account.id)):
-        if key.state != "revoked":
-            key.state, key.revoked_at = "revoked", ctx.now
+        if key.state != KeyState.REVOKED:
+            key.state, key.revoked_at = KeyState.REVOKED, ctx.now
     end_sessions(ctx, account.id)
     audit.record(ctx, "block", account_id=account.id, subject=account.email)
     return account

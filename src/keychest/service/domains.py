@@ -15,6 +15,7 @@ from keychest.service import audit, errors, keys
 from keychest.service.bulk import bulk_of, chunks, filled, only
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
+from keychest.states import AccountState, KeyState
 from keychest.store.models import Account, ApiKey, Endpoint, Watch
 
 DEFAULT_PORT = targets.DEFAULT_PORT
@@ -113,7 +114,7 @@ def add_many(
             existing_watches(chunk, key_ids, account_ids)
         ):
             watched.setdefault((key_id, endpoint_id), watch_id)
-            if account_id is not None and key_state == "active":
+            if account_id is not None and key_state == KeyState.ACTIVE:
                 watched.setdefault((("account", account_id), endpoint_id), watch_id)
 
     limit = ctx.settings.limits.domains_per_unconfirmed_key
@@ -121,7 +122,9 @@ def add_many(
     if limit > 0:
         confirmed = _confirmed_accounts(ctx, account_ids)
         capped = [
-            key.id for _, _, key, _ in todo if not (key.state == "active" and key.account_id in confirmed)
+            key.id
+            for _, _, key, _ in todo
+            if not (key.state == KeyState.ACTIVE and key.account_id in confirmed)
         ]
         for chunk in chunks(set(capped)):
             counts.update((key_id, count) for key_id, count in ctx.session.execute(watch_counts(chunk)))
@@ -136,7 +139,7 @@ def add_many(
     for index, ip, key, domain in todo:
         endpoint_id = endpoint_ids[(domain.host, domain.port)]
         existing = watched.get((key.id, endpoint_id))
-        if existing is None and key.state == "active" and key.account_id is not None:
+        if existing is None and key.state == KeyState.ACTIVE and key.account_id is not None:
             # Idempotent per account: another key of the same account already watches it.
             existing = watched.get((("account", key.account_id), endpoint_id))
         if existing is not None:
@@ -198,7 +201,9 @@ def _confirmed_accounts(ctx: Ctx, account_ids: set[int]) -> set[int]:
     confirmed: set[int] = set()
     for chunk in chunks(account_ids):
         confirmed.update(
-            ctx.session.scalars(select(Account.id).where(Account.id.in_(chunk), Account.state == "active"))
+            ctx.session.scalars(
+                select(Account.id).where(Account.id.in_(chunk), Account.state == AccountState.ACTIVE)
+            )
         )
     return confirmed
 

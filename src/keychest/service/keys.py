@@ -16,6 +16,7 @@ from keychest.service import audit, errors
 from keychest.service.bulk import bulk_of, chunks, filled, only
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
+from keychest.states import KeyState
 from keychest.store.models import ApiKey
 
 # What the line API and REST accept as a key: also what a client may choose (REST claim).
@@ -105,7 +106,7 @@ def create_many(
                     {
                         "key_hash": digest,
                         "prefix": raw[:PREFIX_LEN],
-                        "state": "unclaimed",
+                        "state": KeyState.UNCLAIMED,
                         "created_at": ctx.now,
                         "created_ip": ip,
                     }
@@ -162,7 +163,7 @@ def use_many(
             answer[raw] = errors.unknown_key()
         elif not record_use:
             answer[raw] = row
-        elif row.state == "revoked":
+        elif row.state == KeyState.REVOKED:
             answer[raw] = errors.forbidden("API key revoked")
         else:
             answer[raw] = row
@@ -176,9 +177,9 @@ def revoke(ctx: Ctx, key_id: int) -> None:
     row = ctx.session.get(ApiKey, key_id)
     if row is None:
         raise errors.not_found("no such API key")
-    if row.state != "revoked":
-        had_access = row.state == "active" and row.account_id is not None
-        row.state = "revoked"
+    if row.state != KeyState.REVOKED:
+        had_access = row.state == KeyState.ACTIVE and row.account_id is not None
+        row.state = KeyState.REVOKED
         row.revoked_at = ctx.now
         audit.record(ctx, "key_revoked", api_key_id=row.id, account_id=row.account_id)
         if had_access and row.account_id is not None:
@@ -194,8 +195,8 @@ def approve(ctx: Ctx, key_id: int) -> None:
     row = ctx.session.get(ApiKey, key_id)
     if row is None:
         raise errors.not_found("no such API key")
-    if row.state == "pending":
-        row.state = "active"
+    if row.state == KeyState.PENDING:
+        row.state = KeyState.ACTIVE
         audit.record(ctx, "key_approved", api_key_id=row.id, account_id=row.account_id)
 
 

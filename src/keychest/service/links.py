@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from keychest.service import accounts, audit, errors, keys, outbox, preferences, tokens
 from keychest.service.context import Ctx
+from keychest.states import AccountState, KeyState
 from keychest.store.models import Account, ApiKey, AuditEvent
 
 SIGNIN_PER_IP_PER_HOUR = 10
@@ -57,7 +58,7 @@ def view(ctx: Ctx, route: str, raw: str) -> LinkView:
     info = tokens.peek(ctx, raw, ROUTES[route])
     account = ctx.session.get(Account, info.account_id)
     # A blocked address's links are dead, but for the one that offers to reopen it.
-    if account is None or (account.state == "blocked") != (info.purpose == "reopen_account"):
+    if account is None or (account.state == AccountState.BLOCKED) != (info.purpose == "reopen_account"):
         raise errors.not_found("this link is not valid")
     summary = outbox.key_summary(ctx, info.api_key_id) if info.api_key_id is not None else None
     email = str(info.data.get("email") or account.email)
@@ -77,13 +78,13 @@ def act(ctx: Ctx, route: str, raw: str) -> Done:
         raise errors.not_found("this link is not valid")
     purpose = info.purpose
     if purpose == "reopen_account":
-        if account.state != "blocked":
+        if account.state != AccountState.BLOCKED:
             raise errors.not_found("this address is not blocked")
         accounts.reopen(ctx, account.id)
         tokens.revoke_for_account(ctx, account.id, ("reopen_account",))
         # Signed in on the dashboard, where each waiting key is approved (or revoked) by name.
         return Done(purpose, account.id, account.email, True, "Your address is open again.")
-    if account.state == "blocked":
+    if account.state == AccountState.BLOCKED:
         raise errors.forbidden("this account is blocked")
     if purpose == "confirm_account":
         # Approves the one key this mail was about: other keys claimed for the address while
@@ -93,7 +94,7 @@ def act(ctx: Ctx, route: str, raw: str) -> Done:
         tokens.revoke_for_account(ctx, account.id, ("block_account", "confirm_account"))
         return Done(purpose, account.id, account.email, True, "Your account is confirmed.")
     if purpose == "block_account":
-        if account.state == "active":
+        if account.state == AccountState.ACTIVE:
             raise errors.forbidden("this account is already confirmed; sign in to manage its keys")
         accounts.block(ctx, account.id)
         tokens.revoke_for_account(ctx, account.id, tokens.PURPOSES)
@@ -111,14 +112,14 @@ def act(ctx: Ctx, route: str, raw: str) -> Done:
         other = "revoke_key" if purpose == "approve_key" else "approve_key"
         _spend_sibling(ctx, account.id, key.id, other)
         if purpose == "approve_key":
-            if key.state != "pending":
+            if key.state != KeyState.PENDING:
                 raise errors.forbidden(f"this API key is {key.state}, not waiting for approval")
             keys.approve(ctx, key.id)
             return Done(purpose, account.id, account.email, False, f"API key {key.prefix}... approved.")
         keys.revoke(ctx, key.id)
         return Done(purpose, account.id, account.email, False, f"API key {key.prefix}... revoked.")
     if purpose == "signin":
-        if account.state != "active":
+        if account.state != AccountState.ACTIVE:
             raise errors.forbidden("this account is not confirmed")
         audit.record(ctx, "signin", account_id=account.id, subject=account.email)
         return Done(purpose, account.id, account.email, True, "Signed in.")
@@ -181,7 +182,7 @@ def request_signin(ctx: Ctx, email_text: str) -> None:
         raise errors.rate_limited("too many sign-in requests for this address; try again in an hour")
     audit.record(ctx, "signin_request", subject=tag)
     account = ctx.session.scalar(select(Account).where(Account.email == email))
-    if account is None or account.state != "active" or account.is_placeholder:
+    if account is None or account.state != AccountState.ACTIVE or account.is_placeholder:
         return
     outbox.enqueue(
         ctx,
@@ -214,9 +215,9 @@ def admin_signin_link(ctx: Ctx, email_text: str) -> AdminLink:
     account = ctx.session.scalar(select(Account).where(Account.email == email))
     if account is None:
         raise errors.not_found(f"no account for {email}")
-    if account.state == "blocked":
+    if account.state == AccountState.BLOCKED:
         raise errors.forbidden(f"{email} is blocked: its owner refused the account")
-    confirms = account.state == "dormant"
+    confirms = account.state == AccountState.DORMANT
     purpose = "confirm_account" if confirms else "signin"
     audit.record(ctx, "signin_link", account_id=account.id, subject=account.email)
     url = outbox.link(ctx, purpose, account.id, lifetime=ADMIN_LINK_LIFETIME)

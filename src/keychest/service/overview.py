@@ -24,10 +24,12 @@ from sqlalchemy import (
     union,
 )
 
+from keychest.scan.judge import State
 from keychest.service import domains, errors
 from keychest.service.context import Ctx
 from keychest.service.servers import RENEWAL_DUE
 from keychest.service.visibility import account_endpoint, account_endpoints, account_keys
+from keychest.states import AccountState, KeyState
 from keychest.store.models import (
     Account,
     AddressState,
@@ -57,7 +59,7 @@ class AccountInfo:
 
 def account(ctx: Ctx, account_id: int) -> AccountInfo:
     row = ctx.session.get(Account, account_id)
-    if row is None or row.state == "blocked":
+    if row is None or row.state == AccountState.BLOCKED:
         raise errors.not_found("no such account")
     return AccountInfo(row.id, row.email, row.state)
 
@@ -110,9 +112,9 @@ def tiles(ctx: Ctx, account_id: int) -> Tiles:
         ).where(Certificate.id.in_(_current_certificates(account_id)))
     ).one()
     endpoint_counts = ctx.session.execute(
-        select(func.count(Endpoint.id), func.sum(case((Endpoint.last_state == "error", 1), else_=0))).where(
-            Endpoint.id.in_(account_endpoints(account_id))
-        )
+        select(
+            func.count(Endpoint.id), func.sum(case((Endpoint.last_state == State.ERROR, 1), else_=0))
+        ).where(Endpoint.id.in_(account_endpoints(account_id)))
     ).one()
     # problems is JSON; its text form is the same on SQLite and PostgreSQL for this test.
     stale = ctx.session.scalar(
@@ -222,7 +224,7 @@ def _severity(column: SQLColumnExpression[str]) -> ColumnElement[int]:
 def incidents(ctx: Ctx, account_id: int, *, limit: int = 25) -> tuple[list[Incident], int]:
     """What is wrong right now, worst first: addresses not in the ok state; within one severity
     the certificates that expire first, then the addresses with no certificate (unreachable)."""
-    where = (AddressState.endpoint_id.in_(account_endpoints(account_id)), AddressState.state != "ok")
+    where = (AddressState.endpoint_id.in_(account_endpoints(account_id)), AddressState.state != State.OK)
     total = ctx.session.scalar(select(func.count(AddressState.id)).where(*where))
     rows = ctx.session.execute(
         select(AddressState, Endpoint.host, Endpoint.port, Certificate.sha256, Certificate.not_after)
@@ -524,7 +526,10 @@ def key_lines(ctx: Ctx, account_id: int) -> list[KeyLine]:
         select(ApiKey)
         .where(ApiKey.account_id == account_id)
         # Pending keys first: they are the ones asking for a decision.
-        .order_by(case((ApiKey.state == "pending", 0), (ApiKey.state == "active", 1), else_=2), ApiKey.id)
+        .order_by(
+            case((ApiKey.state == KeyState.PENDING, 0), (ApiKey.state == KeyState.ACTIVE, 1), else_=2),
+            ApiKey.id,
+        )
     )
     return [
         KeyLine(

@@ -13,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from keychest.scan.judge import CertFacts
-from keychest.scan.runner import AddressResult
+from keychest.scan.judge import CertFacts, State
+from keychest.scan.model import AddressResult
 from keychest.service import domains, errors, visibility
 from keychest.service.bulk import chunks
 from keychest.service.context import Ctx
+from keychest.states import Change
 from keychest.store.models import (
     AddressState,
     Certificate,
@@ -26,7 +27,7 @@ from keychest.store.models import (
     ScanSettings,
 )
 
-STATE_ORDER = {"ok": 0, "warning": 1, "critical": 2, "error": 3}
+STATE_ORDER = {State.OK: 0, State.WARNING: 1, State.CRITICAL: 2, State.ERROR: 3}
 MAX_BACKOFF_FACTOR = 8
 
 
@@ -129,21 +130,21 @@ def _certificate_id(ctx: Ctx, facts: CertFacts, cache: dict[str, int]) -> int:
 @dataclass(frozen=True)
 class Recorded:
     endpoint_id: int
-    state: str
-    changes: tuple[str, ...]
+    state: State
+    changes: tuple[Change, ...]
 
 
-def _change(previous: AddressState | None, cert_id: int | None, error_kind: str | None) -> str | None:
+def _change(previous: AddressState | None, cert_id: int | None, error_kind: str | None) -> Change | None:
     """What kind of history row, if any, this observation makes."""
     if previous is None:
-        return "first_seen"
+        return Change.FIRST_SEEN
     if error_kind is not None:
         if previous.error_kind is None:
-            return "error"
-        return "error_changed" if previous.error_kind != error_kind else None
+            return Change.ERROR
+        return Change.ERROR_CHANGED if previous.error_kind != error_kind else None
     if previous.error_kind is not None:
-        return "recovered"
-    return "new_certificate" if previous.certificate_id != cert_id else None
+        return Change.RECOVERED
+    return Change.NEW_CERTIFICATE if previous.certificate_id != cert_id else None
 
 
 def _last_certificate(ctx: Ctx, endpoint_id: int, ip: str) -> int | None:
@@ -177,8 +178,8 @@ def record(
         for row in ctx.session.scalars(select(AddressState).where(AddressState.endpoint_id == endpoint_id))
     }
     cache: dict[str, int] = {}
-    changes: list[str] = []
-    worst = "ok"
+    changes: list[Change] = []
+    worst = State.OK
     seen: set[str] = set()
     for result in results:
         ip = result.ip or ""
@@ -186,8 +187,8 @@ def record(
         chain_ids = [_certificate_id(ctx, facts, cache) for facts in result.chain]
         cert_id = chain_ids[0] if chain_ids else None
         error_kind = str(result.error.kind) if result.error is not None else None
-        state = str(result.state)
-        worst = state if STATE_ORDER.get(state, 3) > STATE_ORDER[worst] else worst
+        state = State(result.state)
+        worst = state if STATE_ORDER[state] > STATE_ORDER[worst] else worst
         verdict = result.verdict
         old = previous.get(ip)
         # Read before the UPDATE below, which also refreshes `old` in the session.
@@ -216,15 +217,15 @@ def record(
             if change is not None:
                 values["since"] = ctx.now
             ctx.session.execute(update(AddressState).where(AddressState.id == old.id).values(**values))
-        history = []
+        history: list[tuple[Change, int | None]] = []
         if change is not None:
             history.append((change, old_certificate_id))
-        if change == "recovered":
+        if change == Change.RECOVERED:
             # A server restarted with its renewed certificate between two scans: the error
             # hid the switch, so compare with the last certificate this address showed.
             last = _last_certificate(ctx, endpoint_id, ip)
             if last is not None and last != cert_id:
-                history.append(("new_certificate", last))
+                history.append((Change.NEW_CERTIFICATE, last))
         for kind, previous_certificate_id in history:
             changes.append(kind)
             ctx.session.execute(
@@ -241,14 +242,14 @@ def record(
             )
     for ip, old in previous.items():
         if ip not in seen:
-            changes.append("address_gone")
+            changes.append(Change.ADDRESS_GONE)
             ctx.session.execute(delete(AddressState).where(AddressState.id == old.id))
             ctx.session.execute(
                 insert(ScanChange).values(
                     endpoint_id=endpoint_id,
                     ip=ip,
                     at=ctx.now,
-                    change="address_gone",
+                    change=Change.ADDRESS_GONE,
                     previous_certificate_id=old.certificate_id,
                 )
             )
@@ -371,7 +372,7 @@ RESCAN_AFTER_ADD_S = 5.0
 # loop of adds, costs the scanned server one handshake a minute at most.
 RECENT_SCAN_S = 60.0
 # Endpoint states `keychest rescan --state` selects by (Endpoint.last_state).
-RESCAN_STATES = ("ok", "warning", "critical", "error")
+RESCAN_STATES = tuple(state.value for state in State)
 SCAN_SETTINGS_NAME = "scanner"
 
 

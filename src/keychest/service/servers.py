@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keychest.service import accounts, audit, domains, errors, keys, keystrength, scans, visibility
 from keychest.service.context import Ctx
+from keychest.states import AccountState, KeyState
 from keychest.store.models import Account, AddressState, ApiKey, Certificate, Endpoint, ScanChange, Watch
 
 # KeyChest's published API calls a certificate "renewal due" within 28 days of its not-after.
@@ -73,7 +74,9 @@ def _claim_state(ctx: Ctx, key: ApiKey) -> tuple[str, str | None]:
     account = ctx.session.get(Account, key.account_id) if key.account_id is not None else None
     if account is None:
         return key.state, None
-    awaiting = key.state == "pending" or (account.state == "dormant" and not account.is_placeholder)
+    awaiting = key.state == KeyState.PENDING or (
+        account.state == AccountState.DORMANT and not account.is_placeholder
+    )
     if awaiting:
         return "pending", "unconfirmed"
     return key.state, account.state
@@ -131,7 +134,7 @@ def revoke_account_key(ctx: Ctx, account_id: int, key_id: int) -> None:
 
 def approve_account_key(ctx: Ctx, account_id: int, key_id: int) -> None:
     key = _account_key(ctx, account_id, key_id)
-    if key.state == "revoked":
+    if key.state == KeyState.REVOKED:
         raise errors.forbidden("a revoked key cannot be approved")
     keys.approve(ctx, key.id)
 

@@ -24,7 +24,7 @@ from markupsafe import Markup, escape
 from starlette.concurrency import run_in_threadpool
 
 from keychest.scan.judge import days_left as judge_days_left
-from keychest.scan.runner import ScanOptions
+from keychest.scan.model import ScanOptions
 from keychest.service import certificates, overview, preferences, servers
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError

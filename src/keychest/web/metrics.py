@@ -36,7 +36,7 @@ from keychest.service.facade import Keychest
 from keychest.service.metrics import address_metrics
 
 if TYPE_CHECKING:
-    from keychest.scan.runner import AddressResult
+    from keychest.scan.model import AddressResult
     from keychest.service.scans import DueEndpoint
 
 # The *_created series only add noise to dashboards built on these counters.
