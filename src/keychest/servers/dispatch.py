@@ -8,10 +8,12 @@ every allocation counts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from keychest.protocol.line import Request, Response, help_text
@@ -52,9 +54,25 @@ def _added(added: domains.AddOutcome) -> Response:
     return Response(200, f"already monitored {added.domain}{scheduled}")
 
 
-def _expiration(facts: dict[str, str]) -> Response:
-    text = "not scanned yet" if facts["state"] == "pending" else "scanned"
-    return Response(200, text, data=" ".join(f"{k}={v}" for k, v in facts.items()))
+def _fact(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def _expiration(facts: scans.ExpirationFacts) -> Response:
+    """The line API's form of the facts: key=value words in field order, absent ones left out."""
+    text = "not scanned yet" if facts.state == scans.PENDING else "scanned"
+    words = [
+        f"{field.name}={_fact(value)}"
+        for field in dataclasses.fields(facts)
+        if (value := getattr(facts, field.name)) is not None and value != ()
+    ]
+    return Response(200, text, data=" ".join(words))
 
 
 # The writes: the service function, the request keys it takes in order, and the answer.

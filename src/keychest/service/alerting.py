@@ -19,6 +19,7 @@ from keychest.notify import alerts as alert_rules
 from keychest.notify.facts import AddressFacts, CertChange, CertInfo, EndpointFacts
 from keychest.service import domains, outbox, preferences, visibility
 from keychest.service.context import Ctx
+from keychest.service.scans import stored_problems
 from keychest.states import AccountState, Change
 from keychest.store.models import (
     Account,
@@ -82,7 +83,7 @@ def endpoint_facts(ctx: Ctx, endpoint_ids: list[int]) -> dict[int, EndpointFacts
                 error_kind=state.error_kind,
                 error=state.error,
                 error_since=outage.get((state.endpoint_id, state.ip), state.since) if failing else None,
-                problems=tuple(p.get("code", "") for p in (state.problems or []) if isinstance(p, dict)),
+                problems=tuple(p.code for p in stored_problems(state.problems)),
             )
         )
     return {

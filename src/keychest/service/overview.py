@@ -27,6 +27,7 @@ from sqlalchemy import (
 from keychest.scan.judge import State
 from keychest.service import domains, errors
 from keychest.service.context import Ctx
+from keychest.service.scans import StoredProblem, stored_problems
 from keychest.service.servers import RENEWAL_DUE
 from keychest.service.visibility import account_endpoint, account_endpoints, account_keys
 from keychest.states import AccountState, KeyState
@@ -206,11 +207,11 @@ class Incident:
     not_after: datetime | None
 
 
-def _message(problems: list[dict], error: str | None, not_after: datetime | None) -> str:
+def _message(problems: tuple[StoredProblem, ...], error: str | None, not_after: datetime | None) -> str:
     if error:
         return error
-    worst = sorted(problems or [], key=lambda p: p.get("severity") != "critical")
-    return worst[0].get("message", "") if worst else ""
+    worst = sorted(problems, key=lambda p: p.severity != "critical")
+    return worst[0].message if worst else ""
 
 
 def _severity(column: SQLColumnExpression[str]) -> ColumnElement[int]:
@@ -247,7 +248,7 @@ def incidents(ctx: Ctx, account_id: int, *, limit: int = 25) -> tuple[list[Incid
                 str(domains.DomainName(host, port)),
                 s.ip,
                 s.state,
-                _message(s.problems, s.error, not_after),
+                _message(stored_problems(s.problems), s.error, not_after),
                 s.since,
                 sha,
                 not_after,
@@ -414,7 +415,7 @@ class AddressDetail:
     not_after: datetime | None
     trusted: bool | None
     hostname_ok: bool | None
-    problems: list[dict]
+    problems: tuple[StoredProblem, ...]
     since: datetime
     last_scan_at: datetime
 
@@ -455,7 +456,7 @@ def server_detail(ctx: Ctx, account_id: int, endpoint_id: int) -> ServerDetail:
             c.not_after if c else None,
             s.trusted,
             s.hostname_ok,
-            list(s.problems or []),
+            stored_problems(s.problems),
             s.since,
             s.last_scan_at,
         )

@@ -7,7 +7,7 @@ due endpoints here, scans them, and hands the results back to :func:`record`.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, or_, select, update
@@ -285,6 +285,26 @@ def record(
 
 
 @dataclass(frozen=True)
+class StoredProblem:
+    """A problem the judge found at the last scan, as stored with the address's state."""
+
+    code: str  # stable identifier: expired, expires_soon, untrusted, stale_deployment, ...
+    severity: str  # warning, critical
+    message: str
+
+
+def stored_problems(raw: object) -> tuple[StoredProblem, ...]:
+    """The ``problems`` column read back (JSON written by :func:`record`)."""
+    if not isinstance(raw, list):
+        return ()
+    return tuple(
+        StoredProblem(str(p.get("code", "")), str(p.get("severity", "")), str(p.get("message", "")))
+        for p in raw
+        if isinstance(p, dict)
+    )
+
+
+@dataclass(frozen=True)
 class AddressView:
     ip: str
     state: str
@@ -297,7 +317,7 @@ class AddressView:
     is_lets_encrypt: bool | None
     trusted: bool | None
     hostname_ok: bool | None
-    problems: list[dict]
+    problems: tuple[StoredProblem, ...]
     since: datetime
     last_scan_at: datetime
 
@@ -322,7 +342,7 @@ def address_views(ctx: Ctx, endpoint_id: int) -> list[AddressView]:
             cert.is_lets_encrypt if cert else None,
             state.trusted,
             state.hostname_ok,
-            list(state.problems or []),
+            stored_problems(state.problems),
             state.since,
             state.last_scan_at,
         )
@@ -330,35 +350,60 @@ def address_views(ctx: Ctx, endpoint_id: int) -> list[AddressView]:
     ]
 
 
-def expiration_facts(ctx: Ctx, raw_key: str, domain_text: str) -> dict[str, str]:
-    """The line API's `expiration`: key=value facts from the stored results."""
+# An endpoint's state before its first scan (Endpoint.last_state is NULL).
+PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class ExpirationFacts:
+    """The line API's `expiration` answer, from the stored results. Fields in answer order;
+    None (or empty) fields are left out of the answer."""
+
+    state: str  # the worst address state (scan.judge.State), or PENDING
+    addresses: int
+    # Of the certificate that expires first, when any address served one:
+    not_after: datetime | None = None
+    days_left: int | None = None
+    sha256: str | None = None
+    certificates: int | None = None  # distinct certificates over the addresses
+    lets_encrypt: bool | None = None
+    trusted: bool | None = None  # every served certificate
+    hostname_ok: bool | None = None  # every served certificate
+    errors: tuple[str, ...] = ()  # the error kinds seen
+    allow_with: str | None = None  # the flag that lifts a "blocked" error
+    last_scan: datetime | None = None
+
+
+def expiration_facts(ctx: Ctx, raw_key: str, domain_text: str) -> ExpirationFacts:
+    """The line API's `expiration`: what the stored results say about a domain the key sees."""
     endpoint = visibility.key_endpoint(ctx, raw_key, domain_text)
     views = address_views(ctx, endpoint.id)
     if endpoint.last_scan_at is None or not views:
-        return {"state": "pending", "addresses": "0"}
+        return ExpirationFacts(PENDING, 0)
     certs = [v for v in views if v.not_after is not None]
-    facts: dict[str, str] = {
-        "state": endpoint.last_state or "pending",
-        "addresses": str(len([v for v in views if v.ip])),
-    }
+    facts = ExpirationFacts(
+        endpoint.last_state or PENDING,
+        len([v for v in views if v.ip]),
+        last_scan=endpoint.last_scan_at,
+    )
     if certs:
         earliest = min(certs, key=lambda v: v.not_after or datetime.max)
         assert earliest.not_after is not None
-        left = (earliest.not_after - ctx.now).total_seconds() // 86400
-        facts["not_after"] = earliest.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
-        facts["days_left"] = str(int(left))
-        facts["sha256"] = earliest.sha256 or ""
-        facts["certificates"] = str(len({v.sha256 for v in certs}))
-        facts["lets_encrypt"] = "yes" if earliest.is_lets_encrypt else "no"
-        facts["trusted"] = "yes" if all(v.trusted for v in certs) else "no"
-        facts["hostname_ok"] = "yes" if all(v.hostname_ok for v in certs) else "no"
-    errors_seen = sorted({v.error_kind for v in views if v.error_kind})
+        facts = replace(
+            facts,
+            not_after=earliest.not_after,
+            days_left=int((earliest.not_after - ctx.now).total_seconds() // 86400),
+            sha256=earliest.sha256 or "",
+            certificates=len({v.sha256 for v in certs}),
+            lets_encrypt=bool(earliest.is_lets_encrypt),
+            trusted=all(v.trusted for v in certs),
+            hostname_ok=all(v.hostname_ok for v in certs),
+        )
+    errors_seen = tuple(sorted({v.error_kind for v in views if v.error_kind}))
     if errors_seen:
-        facts["errors"] = ",".join(errors_seen)
-        if "blocked" in errors_seen:
-            # What to do about it, in a token: the full message is in REST and the dashboard.
-            facts["allow_with"] = "--allow-private-targets"
-    facts["last_scan"] = endpoint.last_scan_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        # What to do about a blocked address, in a token: the message is in REST and the dashboard.
+        allow_with = "--allow-private-targets" if "blocked" in errors_seen else None
+        facts = replace(facts, errors=errors_seen, allow_with=allow_with)
     return facts
 
 

@@ -142,49 +142,63 @@ def approve_account_key(ctx: Ctx, account_id: int, key_id: int) -> None:
 # --- expiration (KeyChest's shape) -------------------------------------------------------------
 
 
-def _ts(moment: datetime | None) -> int | None:
-    return None if moment is None else int((moment - datetime(1970, 1, 1)).total_seconds())
+@dataclass(frozen=True)
+class AddressExpiry:
+    """One scanned address of a domain: its certificate's expiry and the scanner's verdict."""
+
+    ip: str | None  # None: the name did not resolve
+    sha256: str | None
+    not_after: datetime | None  # None: no certificate seen
+    renewal_due: bool | None  # expires within RENEWAL_DUE (None without a certificate)
+    expired: bool | None
+    last_scan_at: datetime
+    state: str
+    trusted: bool | None
+    hostname_ok: bool | None
+    error: str | None
+    problems: tuple[scans.StoredProblem, ...]
 
 
-def expiration(ctx: Ctx, raw_key: str, domain_text: str, ip: str | None = None) -> dict[str, object]:
-    """KeyChest's servers/expiration answer, one record per scanned address.
+@dataclass(frozen=True)
+class Expiration:
+    """KeyChest's servers/expiration: a domain and its scanned addresses."""
 
-    With ``ip`` (KeyChest's ``ip=``), only that address's record, and the summary of it alone.
+    domain: str
+    state: str  # the worst address state, or scans.PENDING
+    last_scan_at: datetime | None
+    addresses: tuple[AddressExpiry, ...]
+
+
+def expiration(ctx: Ctx, raw_key: str, domain_text: str, ip: str | None = None) -> Expiration:
+    """A domain the key sees, one record per scanned address.
+
+    With ``ip`` (KeyChest's ``ip=``), only that address's record.
     """
     wanted = _ip_filter(ip)
     endpoint = visibility.key_endpoint(ctx, raw_key, domain_text)
-    results: list[dict[str, object]] = []
-    for view in scans.address_views(ctx, endpoint.id):
-        if wanted is not None and _ip_filter(view.ip or None) != wanted:
-            continue
-        found = view.not_after is not None
-        results.append(
-            {
-                "ip": view.ip or None,
-                "certificate_found": found,
-                "certificate_sha256": view.sha256,
-                "renewal_due": (view.not_after - ctx.now <= RENEWAL_DUE) if view.not_after else None,
-                "expired": (view.not_after <= ctx.now) if view.not_after else None,
-                "renewal_utc": _ts(view.not_after),
-                "last_scan_utc": _ts(view.last_scan_at),
-                # Beyond KeyChest: what our scanner concluded about this address.
-                "state": view.state,
-                "trusted": view.trusted,
-                "hostname_ok": view.hostname_ok,
-                "error": view.error,
-                "problems": [p.get("code") for p in view.problems],
-            }
+    addresses = tuple(
+        AddressExpiry(
+            view.ip or None,
+            view.sha256,
+            view.not_after,
+            (view.not_after - ctx.now <= RENEWAL_DUE) if view.not_after else None,
+            (view.not_after <= ctx.now) if view.not_after else None,
+            view.last_scan_at,
+            view.state,
+            view.trusted,
+            view.hostname_ok,
+            view.error,
+            view.problems,
         )
-    return {
-        "status": "success",
-        "domain": str(domains.DomainName(endpoint.host, endpoint.port)),
-        "certificate_found": any(r["certificate_found"] for r in results),
-        "renewal_due": any(r["renewal_due"] for r in results),
-        "expired_found": any(r["expired"] for r in results),
-        "state": endpoint.last_state or "pending",
-        "last_scan_utc": _ts(endpoint.last_scan_at),
-        "results": results,
-    }
+        for view in scans.address_views(ctx, endpoint.id)
+        if wanted is None or _ip_filter(view.ip or None) == wanted
+    )
+    return Expiration(
+        str(domains.DomainName(endpoint.host, endpoint.port)),
+        endpoint.last_state or scans.PENDING,
+        endpoint.last_scan_at,
+        addresses,
+    )
 
 
 def _ip_filter(text: str | None) -> str | None:
@@ -265,7 +279,7 @@ def list_for_key(ctx: Ctx, raw_key: str) -> list[ServerRow]:
     return _server_rows(ctx, visibility.key_endpoints(key))
 
 
-def lookup(ctx: Ctx, raw_key: str, domain_text: str) -> tuple[ServerRow, dict[str, object]]:
+def lookup(ctx: Ctx, raw_key: str, domain_text: str) -> tuple[ServerRow, Expiration]:
     """REST ``servers/lookup``: one of the key's servers as listed, with its expiration answer."""
     answer = expiration(ctx, raw_key, domain_text)
     # key_endpoint has checked that the key sees it: one row, not the whole list.

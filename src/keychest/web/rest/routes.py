@@ -196,6 +196,38 @@ def _list_servers(x: Exchange, limit: int, offset: int) -> dict[str, Any]:
     return {"status": "success", "servers": [_server_item(r) for r in rows[offset : offset + limit]]}
 
 
+def _expiration_answer(expiration: servers.Expiration) -> dict[str, Any]:
+    """KeyChest's servers/expiration shape (models.ExpirationAnswer), with our scanner's verdicts."""
+    results = [
+        {
+            "ip": a.ip,
+            "certificate_found": a.not_after is not None,
+            "certificate_sha256": a.sha256,
+            "renewal_due": a.renewal_due,
+            "expired": a.expired,
+            "renewal_utc": _ts(a.not_after),
+            "last_scan_utc": _ts(a.last_scan_at),
+            # Beyond KeyChest: what our scanner concluded about this address.
+            "state": a.state,
+            "trusted": a.trusted,
+            "hostname_ok": a.hostname_ok,
+            "error": a.error,
+            "problems": [p.code for p in a.problems],
+        }
+        for a in expiration.addresses
+    ]
+    return {
+        "status": "success",
+        "domain": expiration.domain,
+        "certificate_found": any(r["certificate_found"] for r in results),
+        "renewal_due": any(r["renewal_due"] for r in results),
+        "expired_found": any(r["expired"] for r in results),
+        "state": expiration.state,
+        "last_scan_utc": _ts(expiration.last_scan_at),
+        "results": results,
+    }
+
+
 def _expiration(x: Exchange, domain: str) -> Any:
     name, payload = split_keychest_path(domain, x.payload)
     x = replace(x, payload=payload)
@@ -219,12 +251,13 @@ def _expiration(x: Exchange, domain: str) -> Any:
         if exc.code not in words:
             raise
         return keychest_refusal(exc, words[exc.code], **echo)
-    return {**answer, **{k: v for k, v in echo.items() if k != "domain" and v is not None}}
+    echoed = {k: v for k, v in echo.items() if k != "domain" and v is not None}
+    return {**_expiration_answer(answer), **echoed}
 
 
 def _lookup(x: Exchange, domain: str) -> dict[str, Any]:
     row, answer = x.call(servers.lookup, x.key(), domain)
-    return {"status": "success", "server": _server_item(row), "expiration": answer}
+    return {"status": "success", "server": _server_item(row), "expiration": _expiration_answer(answer)}
 
 
 def _list_certificates(x: Exchange) -> dict[str, Any]:
