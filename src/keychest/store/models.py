@@ -164,9 +164,12 @@ class OutboxMail(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # A notification to an alert channel (migration 0009); NULL: a mail.
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_outbox_state_next", "state", "next_attempt_at"),
+        Index("ix_outbox_channel_state_next", "channel_id", "state", "next_attempt_at"),
         one_of("ck_outbox_state", "state", MailState),
     )
 
@@ -342,3 +345,47 @@ class ScanSettings(Base):
     # SHA-256 over the settings that decide `blocked` and `untrusted` (see servers.scheduler).
     fingerprint: Mapped[str] = mapped_column(String(64))
     changed_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# --- alert channels (issue 12, migration 0009) ----------------------------------------------------
+
+
+class Channel(Base):
+    """Where notifications go besides mail: an Apprise URL or a native signed webhook."""
+
+    __tablename__ = "channels"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # server:<sha256 of kind and URL> for the operator's channels (--notify, --webhook)
+    ref: Mapped[str] = mapped_column(String(100), unique=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)  # NULL: server-wide
+    kind: Mapped[str] = mapped_column(String(16))  # apprise, webhook
+    url: Mapped[str] = mapped_column(Text)
+    min_severity: Mapped[str] = mapped_column(String(16), default="warning")
+    event_types: Mapped[list] = mapped_column(JSON, default=list)  # empty: every type
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    # ok, failing (a 4xx answer: last_error holds it until a delivery succeeds)
+    state: Mapped[str] = mapped_column(String(16), default="ok")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # in a row, for the back-off
+    # A 5xx or time-out pauses the whole channel: its queue waits, no other channel does.
+    paused_until: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class ChannelEvent(Base):
+    """One row per event sent to a channel; an incident while closed_at is NULL."""
+
+    __tablename__ = "channel_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id"))
+    # e.g. invalid:<endpoint>:<ip>:<certificate>:<codes>, failing:<endpoint>:<ip>:<since>
+    event_key: Mapped[str] = mapped_column(String(300))
+    type: Mapped[str] = mapped_column(String(40))
+    endpoint_id: Mapped[int | None] = mapped_column(BigInteger)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    opened_at: Mapped[datetime] = mapped_column(DateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (UniqueConstraint("channel_id", "event_key", name="uq_channel_events_channel_key"),)
