@@ -72,7 +72,12 @@ def test_every_key_event_is_logged_with_its_source_address(env: Env) -> None:
             browser.post("/servers/add", data={"csrf": token, "domain": "dash.audit.test"}).status_code == 303
         )
         assert browser.post(f"/keys/{key_id(env, later[0])}/approve", data={"csrf": token}).status_code == 303
-        assert browser.post(f"/keys/{key_id(env, later[1])}/revoke", data={"csrf": token}).status_code == 303
+        assert (
+            browser.post(
+                f"/keys/{key_id(env, later[1])}/revoke", data={"csrf": token, "confirmed": "yes"}
+            ).status_code
+            == 303
+        )
         # A sign-in requested here, used from the mail.
         assert browser.post("/signin", data={"email": email}).status_code == 200
     signin = link(sink, sink.wait_to(email, subject="sign-in"), "/signin/")

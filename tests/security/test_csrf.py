@@ -53,14 +53,14 @@ def test_every_dashboard_form_needs_this_sessions_token(env: Env) -> None:
     forms = [
         ("/servers/add", {"domain": "www.evil-csrf.test"}),
         (f"/servers/{endpoint}/rescan", {}),
-        (f"/servers/{endpoint}/remove", {}),
+        (f"/servers/{endpoint}/remove", {"confirmed": "yes"}),
         (f"/keys/{pending}/approve", {}),
-        (f"/keys/{active}/revoke", {}),
+        (f"/keys/{active}/revoke", {"confirmed": "yes"}),
         (
             "/settings",
             {"notify_email": "evil@csrf.example.org", "weekly_day": "0", "weekly_time": "08:00"},
         ),
-        ("/settings", {"action": "unsubscribe"}),
+        ("/settings", {"action": "unsubscribe", "confirmed": "yes"}),
         ("/signout", {}),
     ]
     before = state(env, alice.email)
@@ -82,6 +82,15 @@ def test_every_dashboard_form_needs_this_sessions_token(env: Env) -> None:
             assert answer.status_code == 403 or answer.headers["location"].startswith("/signin")
     assert state(env, alice.email) == before
     assert not rows(server, "SELECT id FROM endpoints WHERE host = 'www.evil-csrf.test'")
+
+    # Destructive forms with the right token but not yet confirmed only ask (issue 17 item 3):
+    # a page whose own form posts the same action again with confirmed=yes, nothing changed.
+    for path, data in (forms[2], forms[4], forms[6]):
+        asked = {k: v for k, v in data.items() if k != "confirmed"}
+        answer = alice.session.post(path, data={**asked, "csrf": token})
+        assert answer.status_code == 200, f"{path}: {answer.status_code}"
+        assert f'action="{path}"' in answer.text and 'name="confirmed" value="yes"' in answer.text
+        assert state(env, alice.email) == before, path
 
     # The same forms with the right token work (so the refusals above were about the token).
     for path, data in forms[1:5] + forms[6:]:

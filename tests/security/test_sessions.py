@@ -64,7 +64,7 @@ def test_the_browser_that_revokes_a_key_stays_signed_in(env: Env) -> None:
         token = csrf_of(page)
         key_ids = [part.split("/")[2] for part in page.text.split('action="')[1:] if "/revoke" in part[:40]]
         assert key_ids, page.text[:500]
-        done = browser.post(f"/keys/{key_ids[0]}/revoke", data={"csrf": token})
+        done = browser.post(f"/keys/{key_ids[0]}/revoke", data={"csrf": token, "confirmed": "yes"})
         assert done.status_code == 303
         assert browser.get("/keys").status_code == 200
         assert_signed_out(other)

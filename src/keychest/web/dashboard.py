@@ -236,6 +236,34 @@ def _forbidden() -> Response:
     )
 
 
+def _confirm(
+    pages: Pages,
+    request: Request,
+    account: overview.AccountInfo,
+    *,
+    question: str,
+    detail: str,
+    button: str,
+    back: str,
+    page: str,
+    hidden: dict[str, str] | None = None,
+) -> HTMLResponse:
+    """The server's "are you sure?" before a destructive form acts; its button posts the same
+    form again with ``confirmed=yes``. Rendering it changes nothing, so a reload is harmless."""
+    return pages.render(
+        request,
+        "confirm.html",
+        account,
+        page=page,
+        action=request.url.path,
+        question=question,
+        detail=detail,
+        button=button,
+        back=back,
+        hidden=hidden or {},
+    )
+
+
 def _back(path: str, done: str) -> RedirectResponse:
     return RedirectResponse(f"{path}{'&' if '?' in path else '?'}done={done}", status_code=303)
 
@@ -268,6 +296,7 @@ def install(app: FastAPI, service: Keychest) -> None:
             page="overview",
             data=data,
             calendar=calendar_svg(data.calendar),
+            calendar_rows=list(zip(data.calendar.months, data.calendar.counts, strict=True)),
             legend=[(issuer, colours[issuer]) for issuer in data.calendar.issuers],
         )
 
@@ -315,8 +344,26 @@ def install(app: FastAPI, service: Keychest) -> None:
         account = await account_or_none(request)
         if account is None:
             return pages.to_signin(request)
-        if await pages.form(request) is None:
+        form = await pages.form(request)
+        if form is None:
             return _forbidden()
+        if form.get("confirmed") != "yes":
+            try:
+                detail = await pages.db(request, overview.server_detail, account.id, endpoint_id)
+            except ServiceError:
+                return pages.render(
+                    request, "missing.html", account, status=404, page="servers", what="server"
+                )
+            return _confirm(
+                pages,
+                request,
+                account,
+                question=f"Stop watching {detail.domain}?",
+                detail="keychest stops scanning it and alerting about it. Its history goes with it.",
+                button="Remove server",
+                back=f"/servers/{endpoint_id}",
+                page="servers",
+            )
         try:
             await pages.db(request, servers.remove_for_account, account.id, endpoint_id)
         except ServiceError as exc:
@@ -372,8 +419,24 @@ def install(app: FastAPI, service: Keychest) -> None:
         account = await account_or_none(request)
         if account is None:
             return pages.to_signin(request)
-        if await pages.form(request) is None:
+        form = await pages.form(request)
+        if form is None:
             return _forbidden()
+        if done == "revoked" and form.get("confirmed") != "yes":
+            lines = await pages.db(request, overview.key_lines, account.id)
+            key = next((line for line in lines if line.id == key_id), None)
+            if key is None:
+                return HTMLResponse("no such key", status_code=404, headers=SECURITY_HEADERS)
+            return _confirm(
+                pages,
+                request,
+                account,
+                question=f"Revoke API key {key.prefix}…?",
+                detail="It stops working at once: machines using it can no longer register servers.",
+                button="Revoke key",
+                back="/keys",
+                page="keys",
+            )
         try:
             await pages.db(request, fn, account.id, key_id)
         except ServiceError as exc:
@@ -409,6 +472,18 @@ def install(app: FastAPI, service: Keychest) -> None:
         form = await pages.form(request)
         if form is None:
             return _forbidden()
+        if form.get("action") == "unsubscribe" and form.get("confirmed") != "yes":
+            return _confirm(
+                pages,
+                request,
+                account,
+                question="Stop all alerts and weekly reports?",
+                detail="Your servers stay watched here; turn the mail back on in the settings at any time.",
+                button="Unsubscribe from all mail",
+                back="/settings",
+                page="settings",
+                hidden={"action": "unsubscribe"},
+            )
         if form.get("action") == "unsubscribe":
             changes: dict[str, Any] = {"alerts_enabled": False, "weekly_enabled": False}
         else:
@@ -472,5 +547,26 @@ def _settings_values(
         "prefs": prefs,
         "values": values,
         "error": error,
+        "error_field": _error_field(error),
         "zones": sorted(zoneinfo.available_timezones()),
     }
+
+
+# Which settings field a refusal of preferences.update is about, by its words, so the form
+# marks that field invalid, ties the message to it and puts the focus there.
+_ERROR_FIELDS = (
+    ("threshold", "expiry_thresholds"),
+    ("weekly_time", "weekly_time"),
+    ("weekly_day", "weekly_day"),
+    ("time zone", "timezone"),
+    ("timezone", "timezone"),
+    ("address", "notify_email"),
+    ("mail", "notify_email"),
+)
+
+
+def _error_field(error: str | None) -> str | None:
+    if not error:
+        return None
+    text = error.lower()
+    return next((name for word, name in _ERROR_FIELDS if word in text), None)
