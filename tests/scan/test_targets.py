@@ -108,7 +108,8 @@ def test_lenient_accepts_what_strict_refuses(text: str, endpoint: Endpoint) -> N
         ("[www.example.net]:443", "only an IPv6 address"),
         ("127.1", "all digits"),
         ("0x7f000001", "legacy form"),
-        ("ftp://example.net", "not a URL"),
+        ("ftp://example.net", "not supported yet"),
+        ("gopher://example.net", "known are https, smtps"),
     ],
 )
 def test_strict_refuses_with_reason(text: str, reason: str) -> None:

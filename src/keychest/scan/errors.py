@@ -18,6 +18,7 @@ class ErrorKind(StrEnum):
     HANDSHAKE = "handshake"  # the handshake failed otherwise (closed early, protocol error)
     GARBAGE = "garbage"  # the server does not speak TLS at all
     TOO_LARGE = "too_large"  # the server sent more handshake bytes than we accept
+    STARTTLS_REFUSED = "starttls_refused"  # the plain-text protocol never gave the go-ahead for TLS
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
 from keychest.scan.errors import ErrorKind, ScanError, ScanFailure
+from keychest.scan.protocols import SCHEMES
+from keychest.scan.starttls import Negotiation, negotiation
 from keychest.scan.targets import ScanTarget, is_ip_literal
 
 # TLS record content types a server may start with: alert (21) or handshake (22).
@@ -83,10 +85,17 @@ def _classify_ssl_error(exc: SSL.Error) -> ScanFailure:
 
 
 class _HandshakeProtocol(asyncio.Protocol):
-    def __init__(self, connection: SSL.Connection, max_bytes: int, done: asyncio.Future[None]) -> None:
+    def __init__(
+        self,
+        connection: SSL.Connection,
+        max_bytes: int,
+        done: asyncio.Future[None],
+        starttls: Negotiation | None = None,
+    ) -> None:
         self.connection = connection
         self.max_bytes = max_bytes
         self.done = done
+        self.starttls = starttls  # the plain-text exchange to finish before TLS, if any
         self.transport: asyncio.Transport | None = None
         self.bytes_read = 0
         self.prefix = b""
@@ -94,7 +103,29 @@ class _HandshakeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave like one.
         self.transport = cast(asyncio.Transport, transport)
-        self._guarded(self._step)
+        self._guarded(self._begin)
+
+    def _begin(self) -> None:
+        if self.starttls is None:
+            self._step()
+            return
+        assert self.transport is not None
+        first = self.starttls.start()
+        if first:
+            self.transport.write(first)
+
+    def _negotiate(self, data: bytes) -> None:
+        assert self.starttls is not None and self.transport is not None
+        try:
+            reply = self.starttls.receive(data)
+        except ScanFailure as failure:
+            self._fail(failure)
+            return
+        if reply:
+            self.transport.write(reply)
+        if self.starttls.ready:
+            self.starttls = None
+            self._step()
 
     def data_received(self, data: bytes) -> None:
         self._guarded(self._received, data)
@@ -111,6 +142,9 @@ class _HandshakeProtocol(asyncio.Protocol):
         if self.done.done():
             return
         self.bytes_read += len(data)
+        if self.starttls is not None:
+            self._negotiate(data)
+            return
         if self.bytes_read > self.max_bytes:
             self._fail(
                 ScanFailure(
@@ -141,6 +175,14 @@ class _HandshakeProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
             detail = f": {exc}" if exc else ""
+            if self.starttls is not None:
+                self.done.set_exception(
+                    ScanFailure(
+                        ErrorKind.STARTTLS_REFUSED,
+                        f"server closed the connection before its STARTTLS go-ahead{detail}",
+                    )
+                )
+                return
             self.done.set_exception(
                 ScanFailure(ErrorKind.HANDSHAKE, f"server closed the connection during the handshake{detail}")
             )
@@ -194,7 +236,9 @@ class TLSClient:
         if not is_ip_literal(target.host):
             connection.set_tlsext_host_name(target.host.encode("ascii"))
         done: asyncio.Future[None] = loop.create_future()
-        protocol = _HandshakeProtocol(connection, self.max_bytes, done)
+        dialect = SCHEMES[target.protocol].starttls
+        starttls = negotiation(dialect, target.host) if dialect else None
+        protocol = _HandshakeProtocol(connection, self.max_bytes, done, starttls)
         transport: asyncio.Transport | None = None
         phase = "connect"
 
@@ -216,6 +260,8 @@ class TLSClient:
                 phase = "done"
         except TimeoutError:
             what = "TCP connect" if phase == "connect" else "TLS handshake"
+            if phase != "connect" and protocol.starttls is not None:
+                what = f"{protocol.starttls.name} STARTTLS negotiation"
             return result(ScanError(ErrorKind.TIMEOUT, f"{what} did not finish within {self.timeout:g}s"))
         except ScanFailure as failure:
             return result(failure.error)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from keychest.scan.judge import CertFacts, State
 from keychest.scan.model import AddressResult
+from keychest.scan.protocols import DEFAULT_PROTOCOL
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -39,6 +40,7 @@ def result_to_json(result: AddressResult) -> dict[str, Any]:
     return {
         "host": result.endpoint.host,
         "port": result.endpoint.port,
+        "protocol": result.endpoint.protocol,
         "ip": result.ip,
         "state": result.state.value,
         "error": str(result.error) if result.error else None,
@@ -94,6 +96,13 @@ def _yes_no(value: bool | None) -> str:
     return "" if value is None else ("yes" if value else "NO")
 
 
+def _target(result: AddressResult) -> str:
+    endpoint = result.endpoint
+    if endpoint.protocol == DEFAULT_PROTOCOL:
+        return endpoint.host_port
+    return f"{endpoint.protocol}://{endpoint.host_port}"
+
+
 def table_rows(results: Sequence[AddressResult]) -> list[list[str]]:
     """Plain-text rows (no styling), the same columns as `render_table`."""
     rows = []
@@ -101,7 +110,7 @@ def table_rows(results: Sequence[AddressResult]) -> list[list[str]]:
         leaf, verdict = r.leaf, r.verdict
         rows.append(
             [
-                r.endpoint.host_port,
+                _target(r),
                 r.ip or "-",
                 r.state.value.upper(),
                 str(verdict.days_left) if verdict else "",

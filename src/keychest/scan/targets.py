@@ -13,8 +13,12 @@ everywhere (UTS 46 mapping to A-labels, as browsers and certificate authorities 
   a bare IPv6 address; labels are letters, digits and inner hyphens (RFC 1123), since a
   name a certificate authority cannot issue for is a typo, not something to watch.
 - lenient (`keychest scan`, target files): the above, plus an `https://` URL (path
-  dropped), ssl-cert-check's `host port` lines, and underscores in labels (real internal
-  names have them, and a one-off scan may look at whatever the user points it at).
+  dropped), `scheme://host[:port]` for the other protocols of `scan.protocols` (STARTTLS
+  or implicit TLS, each with its default port), ssl-cert-check's `host port` lines, and
+  underscores in labels (real internal names have them, and a one-off scan may look at
+  whatever the user points it at).
+
+An unknown scheme is refused in both modes with the list of known ones.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from dataclasses import dataclass
 
 import idna
 
+from keychest.scan.protocols import DEFAULT_PROTOCOL, SCHEMES, known_schemes
+
 DEFAULT_PORT = 443
 
 _STRICT_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _LENIENT_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 # Cheap test that a host is surely a name, so most hosts skip ipaddress' exception.
 _NOT_AN_ADDRESS = re.compile(r"[g-z_-]|[a-f].*\.|\..*[a-f]")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class TargetError(ValueError):
@@ -136,17 +143,27 @@ def format_host_port(host: str, port: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A name (or address literal) and a TCP port: what a user asks us to watch."""
+    """A name (or address literal), a TCP port and the protocol spoken there (`https`:
+    TLS at once; `smtp`, `imap`...: STARTTLS first): what a user asks us to watch."""
 
     host: str
     port: int = DEFAULT_PORT
+    protocol: str = DEFAULT_PROTOCOL
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port out of range: {self.port}")
+        if self.protocol not in SCHEMES:
+            raise ValueError(f"unknown protocol {self.protocol!r}")
 
     def __str__(self) -> str:
-        """The display form users type and see everywhere: `:443` left out, IPv6 in brackets."""
+        """The display form users type and see everywhere: the protocol's default port left
+        out, IPv6 in brackets, `scheme://` for every protocol but https."""
+        if self.protocol != DEFAULT_PROTOCOL:
+            if self.port == SCHEMES[self.protocol].port:
+                host = f"[{self.host}]" if ":" in self.host else self.host
+                return f"{self.protocol}://{host}"
+            return f"{self.protocol}://{format_host_port(self.host, self.port)}"
         if self.port == DEFAULT_PORT:
             return f"[{self.host}]" if ":" in self.host else self.host
         return format_host_port(self.host, self.port)
@@ -157,7 +174,7 @@ class Endpoint:
         return format_host_port(self.host, self.port)
 
     def at(self, ip: str) -> ScanTarget:
-        return ScanTarget(self.host, self.port, ip)
+        return ScanTarget(self.host, self.port, ip, self.protocol)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +184,11 @@ class ScanTarget:
     host: str
     port: int
     ip: str
+    protocol: str = DEFAULT_PROTOCOL
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(self.host, self.port)
+        return Endpoint(self.host, self.port, self.protocol)
 
     def __str__(self) -> str:
         where = format_host_port(self.ip, self.port)
@@ -212,6 +230,25 @@ def parse_endpoint(text: str, default_port: int = DEFAULT_PORT, *, strict: bool 
     text = text.strip()
     if not text:
         raise TargetError("empty domain")
+    scheme = _SCHEME.match(text)
+    if scheme is not None:
+        name = scheme.group(1).lower()
+        if name not in SCHEMES:
+            raise TargetError(f"unknown scheme {name[:20]!r}: known are {known_schemes()}")
+        if not strict and name != DEFAULT_PROTOCOL:
+            rest = text[scheme.end() :]
+            rest = rest[:-1] if rest.endswith("/") else rest
+            if any(ch in rest for ch in "/?#"):
+                raise TargetError(f"{name}://host[:port] takes no path")
+            if not rest or any(ch.isspace() for ch in rest):
+                raise TargetError(f"expected {name}://host[:port]")
+            host, port = _split_port(rest, SCHEMES[name].port)
+            return Endpoint(_normalise_host(host, strict), port, name)
+        if strict and name != DEFAULT_PROTOCOL:
+            raise TargetError(
+                f"registering {name}:// targets is not supported yet;"
+                f" `keychest scan {name}://...` checks one now"
+            )
     if not strict:
         if text[:8].lower() == "https://":
             text = text[8:].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
