@@ -89,3 +89,5 @@ class Settings:
     role: str = "all"
     # Bearer token /metrics requires (read from --metrics-token-file); None: open to all.
     metrics_token: str | None = None
+    # Upgrade the schema at start (serve --migrate); without it only an empty database is.
+    migrate: bool = False

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "accounts": ("keychest.cli.admin", "accounts_cmd"),
     "outbox": ("keychest.cli.admin", "outbox_cmd"),
     "rescan": ("keychest.cli.rescan", "rescan"),
+    "migrate": ("keychest.cli.migrate", "migrate"),
     "signin-link": ("keychest.cli.signin_link", "signin_link"),
 }
 

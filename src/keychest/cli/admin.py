@@ -14,16 +14,19 @@ from keychest.cli.options import db_option, print_json, resolve_db_url
 from keychest.config import MailSettings, Settings
 from keychest.service import accounts, domains, keys, outbox
 from keychest.service.context import Ctx
-from keychest.service.errors import ServiceError
+from keychest.service.errors import ServiceError, StorageUnavailable
 from keychest.service.facade import Keychest
-from keychest.store.db import Database, upgrade
 
 
 def open_service(db_url: str | None, data_dir: Path, *, public_url: str | None = None) -> Keychest:
-    db = Database(resolve_db_url(db_url, data_dir))
-    upgrade(db)  # a fresh database answers with empty lists rather than an SQL error
+    # Never migrates: an admin command run with an older or newer keychest than the database's
+    # says so in one line instead of changing (or failing on) the schema.
     mail = MailSettings(public_url=public_url.rstrip("/")) if public_url else MailSettings()
-    return Keychest(db, Settings(db_url=db.url, data_dir=data_dir, mail_domain="", mail=mail))
+    settings = Settings(db_url=resolve_db_url(db_url, data_dir), data_dir=data_dir, mail_domain="", mail=mail)
+    try:
+        return Keychest.open_admin(settings)
+    except StorageUnavailable as exc:
+        raise click.ClickException(exc.text) from None
 
 
 # Wider than any row: piped output (| grep, > file) is for reading whole values, never cut.

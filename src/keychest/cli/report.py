@@ -22,8 +22,8 @@ from keychest.config import Settings
 from keychest.servers.mailer import Sender
 from keychest.service import reports
 from keychest.service.accounts import normalise_email
+from keychest.service.errors import StorageUnavailable
 from keychest.service.facade import Keychest
-from keychest.store.db import Database, upgrade
 
 
 @click.group("report")
@@ -82,9 +82,10 @@ def weekly_cmd(
             "http://127.0.0.1:8080",
         ),
     )
-    db = Database(settings.db_url)
-    upgrade(db)
-    service = Keychest(db, settings)
+    try:
+        service = Keychest.open_admin(settings)  # never migrates (admin command)
+    except StorageUnavailable as exc:
+        raise click.ClickException(exc.text) from None
     try:
         wanted = normalise_email(email) if email else None
         outcomes = service.call(functools.partial(reports.weekly_pass, email=wanted, force=now_flag))
@@ -92,7 +93,7 @@ def weekly_cmd(
         if settings.mail.smtp_host is not None:
             asyncio.run(sender.drain())
     finally:
-        db.dispose()
+        service.close()
     if as_json:
         print_json(
             {

@@ -165,6 +165,13 @@ from keychest.scan.model import ScanOptions
     default=False,
     help="Scan loopback/private/link-local addresses too (intranet installs, tests).",
 )
+@env_option(
+    "--migrate",
+    is_flag=True,
+    default=False,
+    help="Upgrade the database schema at start (back it up first); without it only an empty "
+    "database is set up and any other schema version is refused.",
+)
 @mail_options
 @env_option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
@@ -205,6 +212,7 @@ def serve(
     smtp_starttls: bool,
     mail_from: str | None,
     public_url: str | None,
+    migrate: bool,
     log_level: str,
 ) -> None:
     """Run the line API, the HTTP server and the background work on one database."""
@@ -259,6 +267,7 @@ def serve(
             lease_s=parse_duration(scan_lease) if scan_lease else None,
         ),
         role=role,
+        migrate=migrate,
         mail=mail_settings(
             smtp,
             smtp_user,

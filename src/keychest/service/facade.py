@@ -21,7 +21,7 @@ from keychest.config import Settings
 from keychest.service.bulk import BULK_VARIANTS
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError, StorageUnavailable
-from keychest.store.db import Database, DatabaseFileGone, upgrade
+from keychest.store.db import Database, DatabaseFileGone, SchemaMismatch, migrate, schema_state
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -96,11 +96,48 @@ class Keychest:
         """
         db = Database(settings.db_url, sqlite_autocheckpoint=False)
         try:
-            upgrade(db)
+            state = schema_state(db)
+            # An empty database is a first start; any other upgrade is the operator's decision
+            # (`keychest migrate` or `serve --migrate`), taken after a backup (docs/deploy.md).
+            if settings.migrate or state.current is None:
+                migrate(db)
+            elif not state.ready:
+                raise SchemaMismatch(state.refusal())
+        except SchemaMismatch as exc:
+            db.dispose()
+            raise StorageUnavailable(str(exc), retry=False) from exc
         except (OperationalError, InterfaceError, OSError) as exc:
             db.dispose()
             raise StorageUnavailable(_open_failure(db, exc), retry=False) from exc
         return cls(db, settings)
+
+    @classmethod
+    def open_admin(cls, settings: Settings) -> Keychest:
+        """The service of an admin command: never migrates, and works only on the schema this
+        release knows (StorageUnavailable with the one line to act on otherwise)."""
+        db = Database(settings.db_url)
+        try:
+            state = schema_state(db)
+        except (OperationalError, InterfaceError, OSError) as exc:
+            db.dispose()
+            raise StorageUnavailable(_open_failure(db, exc), retry=False) from exc
+        if not state.ready:
+            db.dispose()
+            raise StorageUnavailable(state.refusal(), retry=False)
+        return cls(db, settings)
+
+    @staticmethod
+    def migrate_schema(settings: Settings, revision: str = "head") -> tuple[str | None, str | None]:
+        """`keychest migrate`: the schema to ``revision`` (up, or down for a rollback)."""
+        db = Database(settings.db_url)
+        try:
+            return migrate(db, revision)
+        except SchemaMismatch as exc:
+            raise StorageUnavailable(str(exc), retry=False) from exc
+        except (OperationalError, InterfaceError, OSError) as exc:
+            raise StorageUnavailable(_open_failure(db, exc), retry=False) from exc
+        finally:
+            db.dispose()
 
     @property
     def is_sqlite(self) -> bool:

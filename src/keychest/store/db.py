@@ -6,10 +6,11 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -173,18 +174,112 @@ class Database:
         self.engine.dispose()
 
 
-def upgrade(db: Database, revision: str = "head") -> None:
-    """Create or upgrade the schema with Alembic (also run by `keychest serve` at start)."""
-    from alembic import command
+def _alembic_config() -> Any:  # alembic.config.Config, imported late: the CLI's cold start
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+class SchemaMismatch(Exception):
+    """The database's schema is not the one this release works with; the text is one line."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    current: str | None  # None: an empty database (no keychest schema yet)
+    head: str  # the newest revision this release knows
+    known: bool  # current is one of this release's revisions (False: a newer keychest migrated it)
+
+    @property
+    def ready(self) -> bool:
+        return self.current == self.head
+
+    def refusal(self) -> str:
+        """Why a process of this release must not work on this database, in one line."""
+        if self.current is None:
+            return "the database has no keychest schema yet: run `keychest migrate` (or `keychest serve`)"
+        if not self.known:
+            return (
+                f"database is at {self.current}, this keychest knows up to {self.head}: "
+                "upgrade keychest or roll back"
+            )
+        return (
+            f"database is at {self.current}, this keychest needs {self.head}: back up the database, "
+            "then run `keychest migrate` (or start `keychest serve --migrate`)"
+        )
+
+
+def revisions() -> list[str]:
+    """This release's revisions, oldest first (the chain is linear)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    return [r.revision for r in reversed(list(script.walk_revisions("base", "heads")))]
+
+
+def schema_state(db: Database) -> SchemaState:
+    """Where the database's schema is, read without changing anything."""
+    chain = revisions()
+    with db.engine.connect() as conn:
+        current = _current(conn)
+    return SchemaState(current=current, head=chain[-1], known=current is None or current in chain)
+
+
+def _current(conn: Connection) -> str | None:
+    # Read directly: Alembic's MigrationContext narrates itself at INFO, and a refused start
+    # must be one line.
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    value = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    return None if value is None else str(value)
+
+
+def upgrade(db: Database, revision: str = "head") -> None:
+    """Create or upgrade the schema with Alembic (`keychest migrate`, `serve --migrate`)."""
+    from alembic import command
+
+    cfg = _alembic_config()
     with db.engine.begin() as conn:
-        if not db.is_sqlite:
-            # Several processes (scanners, API nodes) often start at once on a fresh database:
-            # without this they race to CREATE TABLE and all but one die on "already exists".
-            # Held until this transaction ends; the others then find the schema up to date.
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        _lock(db, conn)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+
+
+def migrate(db: Database, revision: str = "head") -> tuple[str | None, str | None]:
+    """Bring the schema to ``revision``, up or down (a rollback); returns (before, after).
+
+    Refuses a database a newer keychest migrated: this release has no scripts to go down from
+    there; the newer release's `keychest migrate --to` does.
+    """
+    from alembic import command
+
+    chain = revisions()
+    target = chain[-1] if revision == "head" else revision
+    if target != "base" and target not in chain:
+        known = ", ".join(chain)
+        raise SchemaMismatch(f"unknown revision {revision}: this keychest knows {known} (and base)")
+    cfg = _alembic_config()
+    with db.engine.begin() as conn:
+        _lock(db, conn)
+        before = _current(conn)
+        if before is not None and before not in chain:
+            raise SchemaMismatch(SchemaState(before, chain[-1], known=False).refusal())
+        cfg.attributes["connection"] = conn
+        position = -1 if before is None else chain.index(before)
+        wanted = -1 if target == "base" else chain.index(target)
+        if wanted < position:
+            command.downgrade(cfg, target)
+        elif wanted > position:
+            command.upgrade(cfg, target)
+        after = _current(conn)
+    return before, after
+
+
+def _lock(db: Database, conn: Connection) -> None:
+    if not db.is_sqlite:
+        # Several processes (scanners, API nodes) often start at once on a fresh database:
+        # without this they race to CREATE TABLE and all but one die on "already exists".
+        # Held until this transaction ends; the others then find the schema up to date.
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
