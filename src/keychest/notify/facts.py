@@ -17,6 +17,7 @@ class CertInfo:
     not_before: datetime
     not_after: datetime
     is_lets_encrypt: bool = False
+    subject: str = ""  # the full subject DN, for the webhook payload
 
     @property
     def lifetime(self) -> timedelta:

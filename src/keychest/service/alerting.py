@@ -34,7 +34,9 @@ CHANGE_WINDOW = timedelta(days=8)
 
 
 def _cert(row: Certificate) -> CertInfo:
-    return CertInfo(row.id, row.sha256, row.issuer_name, row.not_before, row.not_after, row.is_lets_encrypt)
+    return CertInfo(
+        row.id, row.sha256, row.issuer_name, row.not_before, row.not_after, row.is_lets_encrypt, row.subject
+    )
 
 
 def active_accounts(ctx: Ctx, *, email: str | None = None) -> list[Account]:

@@ -1,0 +1,190 @@
+"""The channel adapter: deliver one notification to an Apprise URL or a native signed webhook.
+
+I/O lives here (DNS, HTTP, Apprise); what is sent is decided and built elsewhere
+(notify.events, notify.payload, notify.signing). Every delivery is bounded by one time-out, so
+a dead or slow receiver costs its own channel that long and nothing else.
+
+The private-address guard of the scanner (scan.guard) applies to every host a channel names:
+a channel must not become a way into the internal network. The address is checked right
+before each delivery; the HTTP client then connects by name, which leaves the usual
+resolve-twice window that only a DNS server under the attacker's control can use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from keychest.notify import signing
+from keychest.scan.guard import ALLOW_FLAG, check_address
+
+APPRISE = "apprise"
+WEBHOOK = "webhook"
+# Apprise schemes whose host part is a server the URL's owner chose (not a service's API).
+HOSTED_SCHEMES = frozenset(
+    {
+        "json",
+        "jsons",
+        "form",
+        "forms",
+        "xml",
+        "xmls",
+        "gotify",
+        "gotifys",
+        "matrix",
+        "matrixs",
+        "apprise",
+        "apprises",
+    }
+)
+ANSWER_CHARS = 300
+_STATUS = re.compile(r"\b(4\d\d)\b")
+
+
+class ChannelUrlError(ValueError):
+    """A channel URL refused at the time it is set (the message names the problem)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # apprise, webhook
+    url: str
+    secret: str | None = None  # whsec_...: webhooks only
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    answer: str  # the receiver's status and the start of its answer, or what went wrong
+    # The receiver answered 4xx: it refuses this request and will refuse it again.
+    refused: bool = False
+
+
+def kind_of(url: str) -> str:
+    """`notify test URL`: an http(s) URL is a native webhook, anything else an Apprise URL."""
+    return WEBHOOK if urlsplit(url).scheme.lower() in ("http", "https") else APPRISE
+
+
+def check_url(target: Target) -> None:
+    """Refuse what can never work, naming the problem (REST answers it as 422)."""
+    url = target.url.strip()
+    if not url or any(c in url for c in "\r\n\t "):
+        raise ChannelUrlError("the URL is empty or contains white space")
+    if target.kind == WEBHOOK:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ChannelUrlError(
+                f"a webhook URL must be http:// or https://, not {parts.scheme or 'no'} scheme"
+            )
+        if not parts.hostname:
+            raise ChannelUrlError("the webhook URL has no host")
+        if target.secret is not None:
+            try:
+                signing.secret_bytes(target.secret)
+            except signing.SecretError as exc:
+                raise ChannelUrlError(str(exc)) from None
+        return
+    if target.kind != APPRISE:
+        raise ChannelUrlError(f"unknown channel kind {target.kind!r}")
+    import apprise  # imported when used: the CLI's other commands should not pay for it
+
+    if apprise.Apprise.instantiate(url, suppress_exceptions=True) is None:
+        scheme = urlsplit(url).scheme or "(none)"
+        raise ChannelUrlError(f"not a valid Apprise URL: unknown service {scheme}:// or bad parameters")
+
+
+def guarded_host(target: Target) -> str | None:
+    """The host the guard must check for this channel, or None (a public service's API)."""
+    parts = urlsplit(target.url)
+    if target.kind == WEBHOOK or parts.scheme.lower() in HOSTED_SCHEMES:
+        return parts.hostname
+    return None
+
+
+def check_private(target: Target, allow_private_targets: bool) -> None:
+    """Resolve the channel's host and refuse it when an address is not public (blocking: DNS)."""
+    host = guarded_host(target)
+    if host is None or allow_private_targets:
+        return
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise ChannelUrlError(f"cannot resolve {host}: {exc.strerror}") from None
+    for info in infos:
+        ip = str(info[4][0])
+        reason = check_address(ip, False)
+        if reason is not None:
+            raise ChannelUrlError(
+                f"{host} resolves to {ip}, a {reason}: channels reach internal addresses only when the "
+                f"server runs with {ALLOW_FLAG}"
+            )
+
+
+def _answer(response: httpx.Response) -> str:
+    text = response.text[:ANSWER_CHARS].strip()
+    return f"HTTP {response.status_code} {response.reason_phrase}" + (f": {text}" if text else "")
+
+
+async def post_webhook(
+    target: Target, body: bytes, *, msg_id: str, timestamp: int, timeout_s: float
+) -> Outcome:
+    headers = signing.headers(target.secret, msg_id, timestamp, body)
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+            response = await client.post(target.url, content=body, headers=headers)
+    except httpx.TimeoutException:
+        return Outcome(False, f"no answer within {timeout_s:g} s")
+    except httpx.HTTPError as exc:
+        return Outcome(False, f"{type(exc).__name__}: {exc}"[:ANSWER_CHARS])
+    if 200 <= response.status_code < 300:
+        return Outcome(True, _answer(response))
+    return Outcome(False, _answer(response), refused=400 <= response.status_code < 500)
+
+
+def _apprise_send(url: str, title: str, body: str) -> Outcome:
+    import apprise
+
+    sender = apprise.Apprise()
+    if not sender.add(url):
+        return Outcome(False, "not a valid Apprise URL", refused=True)
+    with apprise.LogCapture(level=apprise.logging.WARNING) as log:
+        result = sender.notify(title=title, body=body)
+    said = " ".join(line.split(" - ", 2)[-1] for line in log.getvalue().splitlines()).strip()
+    if bool(result):
+        return Outcome(True, said[:ANSWER_CHARS] or "delivered")
+    # Apprise reports a receiver's answer only in its log ("... Bad Request - 400").
+    return Outcome(
+        False, (said or "delivery failed")[:ANSWER_CHARS], refused=_STATUS.search(said) is not None
+    )
+
+
+async def send(
+    target: Target,
+    *,
+    body: bytes,
+    title: str,
+    message: str,
+    msg_id: str,
+    timestamp: int,
+    timeout_s: float,
+    allow_private_targets: bool,
+) -> Outcome:
+    """Deliver once, within ``timeout_s`` (the guard's DNS look-up included)."""
+    try:
+        await asyncio.wait_for(asyncio.to_thread(check_private, target, allow_private_targets), timeout_s)
+    except ChannelUrlError as exc:
+        return Outcome(False, str(exc), refused=True)
+    except TimeoutError:
+        return Outcome(False, f"no DNS answer within {timeout_s:g} s")
+    if target.kind == WEBHOOK:
+        return await post_webhook(target, body, msg_id=msg_id, timestamp=timestamp, timeout_s=timeout_s)
+    try:
+        # Apprise is synchronous: its thread may outlive the time-out, the channel does not wait.
+        return await asyncio.wait_for(asyncio.to_thread(_apprise_send, target.url, title, message), timeout_s)
+    except TimeoutError:
+        return Outcome(False, f"no answer within {timeout_s:g} s")
