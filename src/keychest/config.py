@@ -70,6 +70,19 @@ class MailSettings:
 
 
 @dataclass(frozen=True)
+class NotifySettings:
+    """Alert channels besides mail (docs/notify.md)."""
+
+    # Server-wide channels: every alert of every endpoint, claimed or not.
+    apprise_urls: tuple[str, ...] = ()  # --notify
+    webhook_urls: tuple[str, ...] = ()  # --webhook
+    webhook_secret: str | None = None  # whsec_...: read from --webhook-secret-file
+    timeout_s: float = 10.0  # per delivery: a dead receiver holds its own channel this long
+    retry_base_s: float = 30.0
+    # Channels reach private addresses only when the scanner may (--allow-private-targets).
+
+
+@dataclass(frozen=True)
 class Settings:
     db_url: str
     data_dir: Path
@@ -85,6 +98,7 @@ class Settings:
     scan: ScanOptions = field(default_factory=ScanOptions)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     mail: MailSettings = field(default_factory=MailSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     # Which parts this process runs: all, api (line + HTTP), scanner, mailer.
     role: str = "all"
     # Bearer token /metrics requires (read from --metrics-token-file); None: open to all.

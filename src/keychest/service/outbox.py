@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import exists, insert, or_, select, update
 
-from keychest.notify import render
+from keychest.notify import deliver, render
 from keychest.notify.mail import Composed, Outgoing
-from keychest.service import accounts, domains, preferences, tokens
+from keychest.service import accounts, channels, domains, preferences, tokens
 from keychest.service.context import Ctx
 from keychest.states import AccountState, KeyState, MailState
-from keychest.store.models import Account, ApiKey, Endpoint, OutboxMail, Watch
+from keychest.store.models import Account, ApiKey, Channel, Endpoint, OutboxMail, Watch
 
 MAX_ATTEMPTS = 40  # with the back-off capped at an hour: about a day and a half of trying
 MAX_REFUSED_ATTEMPTS = 5  # a 5xx answer is unlikely to change; a few tries cover a misconfiguration
@@ -227,6 +227,7 @@ def lease(ctx: Ctx, *, limit: int, lease_s: float) -> Leased:
         ctx.session.scalars(
             select(OutboxMail)
             .where(
+                OutboxMail.channel_id.is_(None),  # notifications: lease_notifications
                 OutboxMail.state.in_((MailState.QUEUED, MailState.SENDING)),
                 or_(OutboxMail.next_attempt_at.is_(None), OutboxMail.next_attempt_at <= ctx.now),
             )
@@ -293,3 +294,132 @@ def mark_failed(ctx: Ctx, mail_id: int, error: str, *, refused: bool, base_s: fl
     if row is None or row.state != MailState.SENDING:
         return
     _retry_or_fail(ctx, row, error, base_s=base_s, refused=refused)
+
+
+# --- notifications to alert channels (issue 12) ---------------------------------------------------
+#
+# The same rows and states as mails, with ``channel_id`` set. Leasing is per channel: a channel
+# whose receiver failed (5xx, time-out) is paused with a back-off, so however many rows it has
+# queued, the lease never looks at them until the pause ends, and every other channel's rows
+# are leased as if it did not exist. A 4xx marks the row failed and the channel ``failing``
+# with the receiver's answer (``keychest outbox``), and delivery goes on.
+
+NOTIFICATION = "notification"
+
+
+def enqueue_notification(
+    ctx: Ctx, *, channel_id: int, to_label: str, account_id: int | None, payload: dict[str, Any]
+) -> None:
+    ctx.session.execute(
+        insert(OutboxMail).values(
+            created_at=ctx.now,
+            kind=NOTIFICATION,
+            to_addr=to_label[:254],
+            account_id=account_id,
+            channel_id=channel_id,
+            payload=payload,
+            state=MailState.QUEUED,
+            attempts=0,
+            next_attempt_at=ctx.now,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Notification:
+    id: int
+    channel_id: int
+    target: deliver.Target
+    payload: dict[str, Any]
+    attempts: int
+
+
+def lease_notifications(
+    ctx: Ctx, *, per_channel: int, lease_s: float, busy: frozenset[int] = frozenset(), channels_max: int = 100
+) -> list[Notification]:
+    """Up to ``per_channel`` due notifications of every channel that is neither paused nor
+    ``busy`` (being delivered by this process already), marked ``sending`` for ``lease_s``."""
+    due_row = exists().where(
+        OutboxMail.channel_id == Channel.id,
+        OutboxMail.state.in_((MailState.QUEUED, MailState.SENDING)),
+        OutboxMail.next_attempt_at <= ctx.now,
+    )
+    ready = list(
+        ctx.session.scalars(
+            select(Channel)
+            .where(
+                or_(Channel.paused_until.is_(None), Channel.paused_until <= ctx.now),
+                Channel.id.not_in(busy) if busy else Channel.id.is_not(None),
+                due_row,
+            )
+            .order_by(Channel.id)
+            .limit(channels_max)
+        )
+    )
+    leased: list[Notification] = []
+    for channel in ready:
+        target = channels.target(ctx, channel)
+        if target is None:
+            ctx.session.execute(
+                update(OutboxMail)
+                .where(OutboxMail.channel_id == channel.id, OutboxMail.state == MailState.QUEUED)
+                .values(state=MailState.SKIPPED, last_error="channel removed", next_attempt_at=None)
+            )
+            continue
+        rows = ctx.session.scalars(
+            select(OutboxMail)
+            .where(
+                OutboxMail.channel_id == channel.id,
+                OutboxMail.state.in_((MailState.QUEUED, MailState.SENDING)),
+                OutboxMail.next_attempt_at <= ctx.now,
+            )
+            .order_by(OutboxMail.next_attempt_at, OutboxMail.id)
+            .limit(per_channel)
+            .with_for_update(skip_locked=True)
+        )
+        for row in rows:
+            row.state = MailState.SENDING
+            row.attempts += 1
+            row.next_attempt_at = ctx.now + timedelta(seconds=lease_s)
+            leased.append(Notification(row.id, channel.id, target, dict(row.payload or {}), row.attempts))
+    return leased
+
+
+def notification_sent(ctx: Ctx, notification_id: int, channel_id: int) -> None:
+    mark_sent(ctx, notification_id)
+    ctx.session.execute(
+        update(Channel)
+        .where(Channel.id == channel_id)
+        .values(state=channels.OK, failures=0, paused_until=None, last_error=None)
+    )
+
+
+def notification_failed(
+    ctx: Ctx, notification_id: int, channel_id: int, answer: str, *, refused: bool, base_s: float
+) -> None:
+    """The receiver did not take it. 4xx (``refused``): the row fails at once and the channel
+    is marked failing with the answer. Otherwise the row is retried with back-off and the
+    whole channel pauses as long, so its queue waits without holding up anyone else's."""
+    row = ctx.session.get(OutboxMail, notification_id)
+    channel = ctx.session.get(Channel, channel_id)
+    if row is None or channel is None or row.state != MailState.SENDING:
+        return
+    if refused:
+        row.state, row.next_attempt_at, row.last_error = MailState.FAILED, None, answer[:1000]
+        channel.state, channel.last_error = channels.FAILING, answer[:1000]
+        return
+    _retry_or_fail(ctx, row, answer, base_s=base_s, refused=False)
+    channel.failures += 1
+    channel.last_error = answer[:1000]
+    channel.paused_until = ctx.now + timedelta(seconds=backoff_s(channel.failures, base_s))
+
+
+def release(ctx: Ctx, notification_ids: list[int]) -> None:
+    """Leased but not tried (their channel failed first): queued again, the attempt not counted."""
+    if not notification_ids:
+        return
+    ctx.session.execute(
+        update(OutboxMail)
+        .where(OutboxMail.id.in_(notification_ids), OutboxMail.state == MailState.SENDING)
+        .values(state=MailState.QUEUED, attempts=OutboxMail.attempts - 1, next_attempt_at=ctx.now)
+    )

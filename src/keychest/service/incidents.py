@@ -1,0 +1,153 @@
+"""The channel pass: what each alert channel must be told now, recorded and queued at once.
+
+For every channel (server-wide: every endpoint; an account's: the endpoints it sees), the
+scanner's facts go through the pure decision (notify.events); the ``channel_events`` rows
+(incidents while open) and the outbox rows are written in one transaction, so an event is
+queued once per channel whatever rescans, restarts or parallel passes happen (the unique
+(channel, key) pair turns a race into a rolled-back savepoint and a later pass).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from keychest.notify import events as rules
+from keychest.notify import payload as payloads
+from keychest.notify.alerts import Policy
+from keychest.service import alerting, channels, outbox, visibility
+from keychest.service.context import Ctx
+from keychest.store.models import Account, Channel, ChannelEvent, Endpoint
+
+
+@dataclass(frozen=True)
+class PassResult:
+    channels: int
+    queued: int
+
+
+def _open(ctx: Ctx, channel_id: int) -> tuple[frozenset[str], dict[str, rules.OpenIncident]]:
+    sent: set[str] = set()
+    open_: dict[str, rules.OpenIncident] = {}
+    for key, type_, endpoint_id, ip, closed_at in ctx.session.execute(
+        select(
+            ChannelEvent.event_key,
+            ChannelEvent.type,
+            ChannelEvent.endpoint_id,
+            ChannelEvent.ip,
+            ChannelEvent.closed_at,
+        ).where(ChannelEvent.channel_id == channel_id)
+    ):
+        sent.add(key)
+        if closed_at is None and type_ in rules.CLOSES:
+            open_[key] = rules.OpenIncident(key, type_, endpoint_id, ip)
+    return frozenset(sent), open_
+
+
+def _record(ctx: Ctx, channel: Channel, decision: rules.Decision) -> bool:
+    """Write the channel's events and close its incidents; False when another pass won."""
+    rows = [
+        {
+            "channel_id": channel.id,
+            "event_key": e.key,
+            "type": e.type,
+            "endpoint_id": e.endpoint_id,
+            "ip": e.ip,
+            "severity": e.severity,
+            "opened_at": ctx.now,
+            # Only incidents stay open; every other event is over once sent.
+            "closed_at": None if e.type in rules.CLOSES else ctx.now,
+        }
+        for e in decision.events
+    ]
+    closing = [e.closes for e in decision.events if e.closes] + decision.closed_quietly
+    try:
+        with ctx.session.begin_nested():
+            if rows:
+                ctx.session.execute(insert(ChannelEvent), rows)
+            if closing:
+                ctx.session.execute(
+                    update(ChannelEvent)
+                    .where(
+                        ChannelEvent.channel_id == channel.id,
+                        ChannelEvent.event_key.in_(closing),
+                        ChannelEvent.closed_at.is_(None),
+                    )
+                    .values(closed_at=ctx.now)
+                )
+    except IntegrityError:
+        return False
+    return True
+
+
+def run_pass(ctx: Ctx) -> PassResult:
+    """One pass over every live channel; the number of notifications queued."""
+    server_ids = channels.ensure_server(ctx)
+    live = list(
+        ctx.session.scalars(select(Channel).where(Channel.state != channels.REMOVED).order_by(Channel.id))
+    )
+    if not live:
+        return PassResult(0, 0)
+    account_ids = [c.account_id for c in live if c.account_id is not None]
+    by_account = visibility.endpoints_by_account(ctx, account_ids)
+    all_ids = (
+        list(ctx.session.scalars(select(Endpoint.id).order_by(Endpoint.id)))
+        if server_ids
+        else sorted({e for ids in by_account.values() for e in ids})
+    )
+    facts = alerting.endpoint_facts(ctx, all_ids)
+    changes = alerting.certificate_changes(ctx, all_ids)
+    where = {
+        e.id: (e.host, e.port) for e in ctx.session.scalars(select(Endpoint).where(Endpoint.id.in_(all_ids)))
+    }
+    emails = {a.id: a.email for a in ctx.session.scalars(select(Account).where(Account.id.in_(account_ids)))}
+    policy = Policy(warn_days=ctx.settings.scan.warn_days, crit_days=ctx.settings.scan.crit_days)
+    dashboard_url = ctx.settings.mail.public_url + "/"
+    queued = 0
+    for channel in live:
+        ids = all_ids if channel.account_id is None else by_account.get(channel.account_id, [])
+        mine = set(ids)
+        sent, open_ = _open(ctx, channel.id)
+        decision = rules.decide(
+            [facts[i] for i in ids if i in facts],
+            [c for c in changes if c.endpoint_id in mine],
+            ctx.now,
+            sent,
+            open_,
+            rules.Filter(channel.min_severity, frozenset(channel.event_types or ())),
+            policy,
+        )
+        if not decision.events and not decision.closed_quietly:
+            continue
+        if not _record(ctx, channel, decision):
+            continue
+        account = (
+            payloads.AccountRef(channel.account_id, emails.get(channel.account_id, ""))
+            if channel.account_id is not None
+            else None
+        )
+        for event in decision.events:
+            host, port = where.get(event.endpoint_id or 0, (event.endpoint, 443))
+            body = payloads.build(
+                event,
+                msg_id=f"msg_{uuid.uuid4().hex}",
+                occurred_at=ctx.now,
+                now=ctx.now,
+                host=host,
+                port=port,
+                account=account,
+                dashboard_url=dashboard_url,
+                ack_url=None,
+            )
+            outbox.enqueue_notification(
+                ctx,
+                channel_id=channel.id,
+                to_label=channels.label(channel.url),
+                account_id=channel.account_id,
+                payload=body,
+            )
+            queued += 1
+    return PassResult(len(live), queued)
