@@ -257,6 +257,7 @@ def leftover_processes(marker: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # waits out the hook's whole-run bound
 def test_whole_run_is_bounded_even_when_sigterm_is_ignored(tree: CertbotTree, tmp_path: Path) -> None:
     fifo = tmp_path / "never-written"
     os.mkfifo(fifo)

@@ -310,6 +310,7 @@ def test_server_down_spools_then_delivers_once(tree: CertbotTree, live_server: L
     assert "spooled 5 domain(s)" in log_file.read_text()
 
 
+@pytest.mark.slow  # waits out the hook's read time-out
 def test_silent_server_read_times_out(tree: CertbotTree, tmp_path: Path) -> None:
     tree.write_log(fixture_log("5.8.0"))
     with silent_server() as port:
@@ -321,6 +322,7 @@ def test_silent_server_read_times_out(tree: CertbotTree, tmp_path: Path) -> None
     assert "Terminated" not in run.stderr
 
 
+@pytest.mark.slow  # waits out the hook's connect time-out
 def test_dropped_connect_times_out(tree: CertbotTree) -> None:
     tree.write_log(fixture_log("5.8.0"))
     with dropping_server() as port:

@@ -40,6 +40,7 @@ SRC = "127.0.0.31"
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "src" / "keychest"
 
 
+@pytest.mark.slow  # a whole mail round trip on every database
 def test_no_raw_secret_in_the_database_or_the_logs(server_factory, db_url: str, tmp_path: Path) -> None:
     password_file = tmp_path / "smtp-password"
     password_file.write_text(SMTP_PASSWORD + "\n")

@@ -199,6 +199,7 @@ def test_garbage_does_not_stall_other_clients(live_server: LiveServer) -> None:
     assert live_server.proc is not None and live_server.proc.poll() is None
 
 
+@pytest.mark.slow  # kills and restarts a server; tests/reliability does it under load
 def test_no_ok_lost_to_kill_9(server_factory) -> None:  # type: ignore[no-untyped-def]
     live_server = server_factory("--domains-per-unconfirmed-key", "0")
     key = new_key(live_server)
