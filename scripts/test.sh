@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  # certbot/pebble: hook end-to-end; chromium: dashboard; the rest: scan benchmark peers.
-  wanted=(certbot pebble shellcheck chromium openssl curl ssl-cert-check monitoring-plugins-contrib)
+  # certbot/pebble: hook end-to-end; chromium: dashboard; exim/dovecot/postgresql: STARTTLS
+  # servers the scan tests start on loopback; the rest: scan benchmark peers.
+  wanted=(certbot pebble shellcheck chromium openssl curl ssl-cert-check monitoring-plugins-contrib
+    exim4-daemon-light dovecot-imapd dovecot-pop3d postgresql-15)
   missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

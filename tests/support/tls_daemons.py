@@ -1,0 +1,183 @@
+"""Real STARTTLS servers from Debian for tests, each on a free loopback port with a given
+certificate, in a private temp folder, started in the foreground and stopped by PID:
+
+    with dovecot(chain_pem, key_pem) as (imap_port, pop3_port): ...
+    with exim(chain_pem, key_pem) as smtp_port: ...
+    with postgres_ssl(chain_pem, key_pem) as pg_port: ...
+
+`missing()` names what is not installed, for a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .net import free_port, wait_for_port
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def missing(*programs: str) -> list[str]:
+    paths = {"dovecot": "/usr/sbin/dovecot", "exim": "/usr/sbin/exim4", "postgres": str(PG_BIN / "postgres")}
+    return [name for name in programs if not Path(paths[name]).exists()]
+
+
+@contextmanager
+def _folder() -> Iterator[Path]:
+    # The daemons drop privileges (dovenull, Debian-exim, postgres): the folder must be
+    # reachable for them, unlike pytest's 0700 tmp_path.
+    root = Path(tempfile.mkdtemp(prefix="keychest-daemon-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _write_pair(root: Path, chain_pem: bytes, key_pem: bytes) -> tuple[Path, Path]:
+    cert, key = root / "cert.pem", root / "key.pem"
+    cert.write_bytes(chain_pem)
+    key.write_bytes(key_pem)
+    cert.chmod(0o644)
+    key.chmod(0o644)
+    return cert, key
+
+
+@contextmanager
+def _running(command: list[str], port: int, log: Path, user: str | None = None) -> Iterator[None]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, user=user)
+    try:
+        try:
+            wait_for_port(port, timeout=20)
+        except TimeoutError:
+            raise RuntimeError(
+                f"{command[0]} did not start: {log.read_text(errors='replace')[-2000:]}"
+            ) from None
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def dovecot(chain_pem: bytes, key_pem: bytes) -> Iterator[tuple[int, int]]:
+    """Dovecot with IMAP (STARTTLS) and POP3 (STLS) on 127.0.0.1: yields (imap, pop3) ports."""
+    with _folder() as root:
+        cert, key = _write_pair(root, chain_pem, key_pem)
+        imap, pop3 = free_port(), free_port()
+        for sub in ("run", "state"):
+            (root / sub).mkdir()
+        config = root / "dovecot.conf"
+        config.write_text(
+            f"""base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap pop3
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+auth_mechanisms = plain
+passdb {{
+  driver = static
+  args = password=unused
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home=/nonexistent
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+"""
+        )
+        with _running(["/usr/sbin/dovecot", "-F", "-c", str(config)], imap, root / "out.log"):
+            wait_for_port(pop3)
+            yield imap, pop3
+
+
+@contextmanager
+def exim(chain_pem: bytes, key_pem: bytes) -> Iterator[int]:
+    """Exim (exim4-daemon-light) offering STARTTLS on 127.0.0.1: yields the SMTP port."""
+    with _folder() as root:
+        cert, key = _write_pair(root, chain_pem, key_pem)
+        port = free_port()
+        spool = root / "spool"
+        spool.mkdir()
+        user = pwd.getpwnam("Debian-exim")
+        os.chown(spool, user.pw_uid, user.pw_gid)
+        config = root / "exim.conf"
+        # Exim takes -C only from a root-owned file nobody else may write.
+        config.write_text(
+            f"""primary_hostname = mail.test
+daemon_smtp_ports = {port}
+local_interfaces = 127.0.0.1
+tls_advertise_hosts = *
+tls_certificate = {cert}
+tls_privatekey = {key}
+spool_directory = {spool}
+log_file_path = {spool}/%slog
+pid_file_path = {spool}/exim.pid
+begin routers
+begin transports
+"""
+        )
+        config.chmod(0o644)
+        with _running(
+            ["/usr/sbin/exim4", "-C", str(config), "-bdf", "-oX", str(port)], port, root / "out.log"
+        ):
+            yield port
+
+
+@contextmanager
+def postgres_ssl(chain_pem: bytes, key_pem: bytes, ssl: bool = True) -> Iterator[int]:
+    """A private PostgreSQL cluster (initdb in a temp folder) with `ssl = on`: yields its port."""
+    with _folder() as root:
+        as_root = os.geteuid() == 0
+        user = "postgres" if as_root else None
+        owner = pwd.getpwnam("postgres") if as_root else None
+        cert, key = _write_pair(root, chain_pem, key_pem)
+        key.chmod(0o600)
+        data = root / "data"
+        if owner is not None:
+            for path in (root, cert, key):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        subprocess.run(
+            [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+            user=user,
+        )
+        port = free_port()
+        command = [
+            str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port),
+            "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}",
+            "-c", f"ssl={'on' if ssl else 'off'}", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}",
+        ]  # fmt: skip
+        with _running(command, port, root / "pg.log", user=user):
+            yield port
