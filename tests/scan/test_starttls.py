@@ -230,3 +230,30 @@ def test_hostile_smtp_costs_at_most_the_time_out(
     assert time.monotonic() - started < 3
     if kind == ErrorKind.TIMEOUT:
         assert "SMTP STARTTLS negotiation" in result.error.message
+
+
+def test_cli_unknown_scheme_is_a_usage_error_listing_the_known_ones() -> None:
+    from .test_cli import keychest
+
+    done = keychest("gopher://mail.test")
+    assert done.returncode == 2
+    assert "unknown scheme 'gopher'" in done.stderr and "smtp, submission, imap" in done.stderr
+
+
+def test_cli_json_has_protocol(
+    mail_cert: ServerCert, certs: CertFactory, dovecot_ports: tuple[int, int]
+) -> None:
+    import json
+
+    from .test_cli import keychest
+
+    done = keychest(
+        "--json",
+        "--allow-private-targets",
+        "--ca-file",
+        str(certs.ca_file),
+        f"pop3://127.0.0.1:{dovecot_ports[1]}",
+    )
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(done.stdout)
+    assert row["protocol"] == "pop3" and row["port"] == dovecot_ports[1] and row["state"] == "ok"

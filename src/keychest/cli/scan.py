@@ -173,8 +173,10 @@ def scan(
     workers: int,
 ) -> None:
     """Check the TLS certificates of TARGETs (`host`, `host:port`, `[v6addr]:port`, an
-    `https://` URL) now. Names are taken as UTS 46 (straße.example is xn--strae-oqa.example);
-    underscores are accepted here, unlike when registering a domain.
+    `https://` URL, or `scheme://host[:port]`: STARTTLS smtp, submission, imap, pop3, ldap,
+    xmpp, xmpp-server, postgres, mysql, ftp, sieve; implicit TLS https, smtps, imaps, pop3s,
+    ldaps; each with its usual port) now. Names are taken as UTS 46 (straße.example is
+    xn--strae-oqa.example); underscores are accepted here, unlike when registering a domain.
 
     Every address of a name is checked separately. Exit status: 0 ok, 1 warning,
     2 critical or error.
