@@ -20,6 +20,7 @@ from keychest.servers.dispatch import Dispatcher
 from keychest.servers.http import bind, http_server
 from keychest.servers.line import LineServer, WriteBatcher
 from keychest.servers.mailer import MAILER_PARTS
+from keychest.servers.notifier import NOTIFY_PARTS
 from keychest.servers.scheduler import ScanScheduler
 from keychest.service.errors import StorageUnavailable
 from keychest.service.facade import Keychest
@@ -60,8 +61,8 @@ def _start(part: Part, service: Keychest) -> asyncio.Task[None]:
 
 
 def mailer_parts() -> list[Part]:
-    """The mail side: outbox sender, alerts, weekly reports."""
-    return list(MAILER_PARTS)
+    """The mail side: outbox sender, alerts, weekly reports; the alert channels beside it."""
+    return list(MAILER_PARTS) + list(NOTIFY_PARTS)
 
 
 def parts_for(role: str) -> list[Part]:
