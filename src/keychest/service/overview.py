@@ -27,8 +27,8 @@ from sqlalchemy import (
 from keychest.scan.judge import State
 from keychest.service import domains, errors
 from keychest.service.context import Ctx
+from keychest.service.endpoints import RENEWAL_DUE
 from keychest.service.scans import StoredProblem, stored_problems
-from keychest.service.servers import RENEWAL_DUE
 from keychest.service.visibility import account_endpoint, account_endpoints, account_keys
 from keychest.states import AccountState, KeyState
 from keychest.store.models import (

@@ -4,11 +4,12 @@ No build step and almost no JavaScript: Jinja2 templates, one CSS file, one tiny
 confirmation before destructive forms). Sessions are the signed cookies of ``web.session``,
 made by the mailed sign-in links (``web.mailflow``); every form carries the session's CSRF
 token. The pages read through ``service.overview`` (aggregates in SQL, paged tables) and
-change things through ``service.servers`` and ``service.preferences``.
+change things through ``service.endpoints`` and ``service.preferences``.
 """
 
 from __future__ import annotations
 
+import weakref
 import zoneinfo
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -20,12 +21,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from markupsafe import Markup, escape
 from starlette.concurrency import run_in_threadpool
 
 from keychest.scan.judge import days_left as judge_days_left
 from keychest.scan.model import ScanOptions
-from keychest.service import certificates, overview, preferences, servers
+from keychest.service import certificates, endpoints, overview, preferences, secrets
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
@@ -264,6 +266,47 @@ def _confirm(
     )
 
 
+# A refused form is answered with a redirect back to its page (so a reload does not send it
+# again); what was typed and the refusal travel in this short-lived signed cookie.
+FORM_COOKIE = "keychest_form"
+FORM_MAX_AGE_S = 300
+_FORM_SERIALIZERS: weakref.WeakKeyDictionary[Keychest, URLSafeTimedSerializer] = weakref.WeakKeyDictionary()
+
+
+def _form_serializer(service: Keychest) -> URLSafeTimedSerializer:
+    cached = _FORM_SERIALIZERS.get(service)
+    if cached is None:
+        secret = service.call(secrets.get_or_create, "session")
+        cached = _FORM_SERIALIZERS[service] = URLSafeTimedSerializer(secret, salt="keychest-form")
+    return cached
+
+
+def _refused(service: Keychest, path: str, form: str, error: str, typed: dict[str, str]) -> RedirectResponse:
+    response = RedirectResponse(path, status_code=303)
+    value = _form_serializer(service).dumps({"form": form, "error": error[:500], "typed": typed})
+    secure = service.settings.mail.public_url.startswith("https://")
+    response.set_cookie(
+        FORM_COOKIE, value, max_age=FORM_MAX_AGE_S, httponly=True, samesite="lax", secure=secure, path="/"
+    )
+    return response
+
+
+def _take_refusal(service: Keychest, request: Request, form: str) -> tuple[str, dict[str, str]] | None:
+    """The refusal of ``form`` redirected here, if any: its message and what was typed."""
+    value = request.cookies.get(FORM_COOKIE)
+    if not value:
+        return None
+    try:
+        data = _form_serializer(service).loads(value, max_age=FORM_MAX_AGE_S)
+    except BadSignature:
+        return None
+    if not isinstance(data, dict) or data.get("form") != form:
+        return None
+    typed = data.get("typed")
+    typed = {k: v for k, v in typed.items() if isinstance(v, str)} if isinstance(typed, dict) else {}
+    return str(data.get("error", "")), typed
+
+
 def _back(path: str, done: str) -> RedirectResponse:
     return RedirectResponse(f"{path}{'&' if '?' in path else '?'}done={done}", status_code=303)
 
@@ -313,7 +356,19 @@ def install(app: FastAPI, service: Keychest) -> None:
                 ctx, account.id, query=q[:200], sort=sort, descending=bool(desc), page=p
             ),
         )
-        return pages.render(request, "servers.html", account, page="servers", listing=listing, error=None)
+        refusal = _take_refusal(service, request, "add")
+        response = pages.render(
+            request,
+            "servers.html",
+            account,
+            page="servers",
+            listing=listing,
+            error=refusal[0] if refusal else None,
+            typed=refusal[1].get("domain", "") if refusal else "",
+        )
+        if refusal:
+            response.delete_cookie(FORM_COOKIE, path="/")
+        return response
 
     @app.post("/servers/add", include_in_schema=False)
     async def servers_add(request: Request) -> Response:
@@ -324,19 +379,9 @@ def install(app: FastAPI, service: Keychest) -> None:
         if form is None:
             return _forbidden()
         try:
-            outcome = await pages.db(request, servers.add_for_account, account.id, form.get("domain", ""))
+            outcome = await pages.db(request, endpoints.add_for_account, account.id, form.get("domain", ""))
         except ServiceError as exc:
-            listing = await pages.db(request, lambda ctx: overview.servers_page(ctx, account.id))
-            return pages.render(
-                request,
-                "servers.html",
-                account,
-                status=exc.code,
-                page="servers",
-                listing=listing,
-                error=exc.text,
-                typed=form.get("domain", ""),
-            )
+            return _refused(service, "/servers", "add", exc.text, {"domain": form.get("domain", "")[:300]})
         return _back("/servers", "added" if outcome.created else "exists")
 
     @app.post("/servers/{endpoint_id}/remove", include_in_schema=False)
@@ -365,7 +410,7 @@ def install(app: FastAPI, service: Keychest) -> None:
                 page="servers",
             )
         try:
-            await pages.db(request, servers.remove_for_account, account.id, endpoint_id)
+            await pages.db(request, endpoints.remove_for_account, account.id, endpoint_id)
         except ServiceError as exc:
             return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
         return _back("/servers", "removed")
@@ -450,11 +495,11 @@ def install(app: FastAPI, service: Keychest) -> None:
 
     @app.post("/keys/{key_id}/revoke", include_in_schema=False)
     async def key_revoke(key_id: int, request: Request) -> Response:
-        return await key_action(request, key_id, servers.revoke_account_key, "revoked")
+        return await key_action(request, key_id, endpoints.revoke_account_key, "revoked")
 
     @app.post("/keys/{key_id}/approve", include_in_schema=False)
     async def key_approve(key_id: int, request: Request) -> Response:
-        return await key_action(request, key_id, servers.approve_account_key, "approved")
+        return await key_action(request, key_id, endpoints.approve_account_key, "approved")
 
     @app.get("/settings", response_class=HTMLResponse, include_in_schema=False)
     async def settings_page(request: Request) -> Response:
@@ -462,7 +507,16 @@ def install(app: FastAPI, service: Keychest) -> None:
         if account is None:
             return pages.to_signin(request)
         prefs = await pages.db(request, preferences.get, account.id)
-        return pages.render(request, "settings.html", account, **_settings_values(prefs, None, None))
+        refusal = _take_refusal(service, request, "settings")
+        response = pages.render(
+            request,
+            "settings.html",
+            account,
+            **_settings_values(prefs, refusal[0] if refusal else None, refusal[1] if refusal else None),
+        )
+        if refusal:
+            response.delete_cookie(FORM_COOKIE, path="/")
+        return response
 
     @app.post("/settings", include_in_schema=False)
     async def settings_save(request: Request) -> Response:
@@ -503,10 +557,12 @@ def install(app: FastAPI, service: Keychest) -> None:
         try:
             await pages.db(request, lambda ctx: preferences.update(ctx, account.id, **changes))
         except ServiceError as exc:
-            prefs = await pages.db(request, preferences.get, account.id)
-            return pages.render(
-                request, "settings.html", account, status=exc.code, **_settings_values(prefs, exc.text, form)
-            )
+            typed: dict[str, str] = {
+                k: form[k][:300]
+                for k in ("notify_email", "expiry_thresholds", "weekly_time", "timezone")
+                if k in form
+            }
+            return _refused(service, "/settings", "settings", exc.text, typed)
         return _back("/settings", "unsubscribed" if form.get("action") == "unsubscribe" else "saved")
 
     @app.post("/signout", include_in_schema=False)

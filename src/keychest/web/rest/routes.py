@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from keychest.service import certificates, compat, domains, scans, servers
+from keychest.service import certificates, compat, domains, endpoints, scans
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
 from keychest.web.rest.inputs import Exchange, Gate, required, respond, split_keychest_path
@@ -66,7 +66,7 @@ def _ts(moment: datetime | None) -> int | None:
     return None if moment is None else int((moment - datetime(1970, 1, 1)).total_seconds())
 
 
-def _server_item(row: servers.ServerRow) -> dict[str, Any]:
+def _server_item(row: endpoints.ServerRow) -> dict[str, Any]:
     return {
         "id": row.id,
         "domain": row.domain,
@@ -92,7 +92,7 @@ def _certificate_item(row: certificates.CertRow) -> dict[str, Any]:
     }
 
 
-def _claim(claimed: servers.Claimed) -> dict[str, str]:
+def _claim(claimed: endpoints.Claimed) -> dict[str, str]:
     return {
         "status": claimed.status,
         "user": claimed.email,
@@ -122,7 +122,7 @@ def _claim_refusal(exc: ServiceError) -> JSONResponse:
 
 def _claim_new(x: Exchange, email: str) -> dict[str, str] | JSONResponse:
     try:
-        return _claim(x.call(servers.claim_new_key, email.strip()))
+        return _claim(x.call(endpoints.claim_new_key, email.strip()))
     except ServiceError as exc:
         return _claim_refusal(exc)
 
@@ -130,17 +130,17 @@ def _claim_new(x: Exchange, email: str) -> dict[str, str] | JSONResponse:
 def _claim_chosen(x: Exchange) -> dict[str, str] | JSONResponse:
     key, email = x.field("api_key"), x.field("email")
     try:
-        return _claim(x.call(servers.claim_chosen_key, key, email))
+        return _claim(x.call(endpoints.claim_chosen_key, key, email))
     except ServiceError as exc:
         return _claim_refusal(exc)
 
 
 def _revoke(x: Exchange) -> dict[str, Any]:
-    return {"status": "revoked", "key_prefix": x.call(servers.revoke_own_key, x.key())}
+    return {"status": "revoked", "key_prefix": x.call(endpoints.revoke_own_key, x.key())}
 
 
 def _user(x: Exchange) -> dict[str, Any]:
-    owner = x.call(servers.whoami, x.key())
+    owner = x.call(endpoints.whoami, x.key())
     return {
         "status": "success",
         "user": owner.email,
@@ -188,15 +188,15 @@ def _rescan(x: Exchange) -> dict[str, Any]:
 def _remove(x: Exchange, domain: str | None) -> dict[str, Any]:
     key = x.key()
     name = domain or x.field("domain")
-    return {"status": "success", "domain": x.call(servers.remove, key, name)}
+    return {"status": "success", "domain": x.call(endpoints.remove, key, name)}
 
 
 def _list_servers(x: Exchange, limit: int, offset: int) -> dict[str, Any]:
-    rows = x.call(servers.list_for_key, x.key())
+    rows = x.call(endpoints.list_for_key, x.key())
     return {"status": "success", "servers": [_server_item(r) for r in rows[offset : offset + limit]]}
 
 
-def _expiration_answer(expiration: servers.Expiration) -> dict[str, Any]:
+def _expiration_answer(expiration: endpoints.Expiration) -> dict[str, Any]:
     """KeyChest's servers/expiration shape (models.ExpirationAnswer), with our scanner's verdicts."""
     results = [
         {
@@ -245,7 +245,7 @@ def _expiration(x: Exchange, domain: str) -> Any:
             return keychest_refusal(ServiceError(422, "invalid", "ip: not an IP address"), "invalid", **echo)
     key = x.key()
     try:
-        answer = x.call(servers.expiration, key, name, ip)
+        answer = x.call(endpoints.expiration, key, name, ip)
     except ServiceError as exc:
         words = {404: "not-registered", 422: "invalid-domain"}
         if exc.code not in words:
@@ -256,7 +256,7 @@ def _expiration(x: Exchange, domain: str) -> Any:
 
 
 def _lookup(x: Exchange, domain: str) -> dict[str, Any]:
-    row, answer = x.call(servers.lookup, x.key(), domain)
+    row, answer = x.call(endpoints.lookup, x.key(), domain)
     return {"status": "success", "server": _server_item(row), "expiration": _expiration_answer(answer)}
 
 

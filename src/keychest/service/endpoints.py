@@ -1,4 +1,5 @@
-"""Servers as the REST API and the dashboard see them: claim, look up, list, remove.
+"""Monitored endpoints (KeyChest's "servers") and keys as the REST API and the dashboard see
+them: claim, look up, list, remove.
 
 The line API's rules (``domains.add``, ``scans.expiration_facts``) stay where they are; this
 module adds what REST and the dashboard need on top, always scoped to the caller: an API key
