@@ -54,8 +54,16 @@ def settings_form(csrf: str, notify_email: str) -> dict[str, str]:
 
 
 def save(account: Account, notify_email: str) -> int:
+    """303 when saved, 429 when refused for the rate limit (the dashboard redirects a refused
+    form back to its page, which shows why)."""
     token = csrf_of(account.session.get("/settings"))
-    return account.session.post("/settings", data=settings_form(token, notify_email)).status_code
+    answer = account.session.post("/settings", data=settings_form(token, notify_email))
+    assert answer.status_code == 303, answer.text
+    if "done=saved" in answer.headers["location"]:
+        return 303
+    page = account.session.get(answer.headers["location"]).text
+    assert 'role="alert"' in page, page
+    return 429 if "too many" in page else 400
 
 
 def test_notification_address_confirmations_are_rate_limited(env: Env) -> None:

@@ -57,7 +57,10 @@ def test_typed_markup_is_escaped_on_pages(env: Env) -> None:
     alice = confirmed_account(env.server, env.sink, "127.0.0.113", "markup@misc.example.org")
     token = csrf_of(alice.session.get("/servers"))
     answer = alice.session.post("/servers/add", data={"csrf": token, "domain": '"><script>alert(1)</script>'})
-    assert answer.status_code == 422
+    # Refused: back to the form by a redirect, which shows the refusal and what was typed.
+    assert answer.status_code == 303
+    answer = alice.session.get(answer.headers["location"])
+    assert 'role="alert"' in answer.text
     assert "<script>alert(1)</script>" not in answer.text
     assert "&lt;script&gt;" in answer.text or "&#34;&gt;&lt;script" in answer.text
     answer = alice.session.get("/servers", params={"q": "<img src=x onerror=alert(1)>"})

@@ -123,18 +123,30 @@ def test_every_page_at_desktop_and_phone_width(web_env: WebEnv, chromium: Any) -
     # Failed forms: the field is marked, described by the message and has the focus.
     page.goto(web_env.url + "/servers")
     page.fill("#domain", "not a server name!")
-    page.click("form.add-form button")
+    with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        page.click("form.add-form button")
+    # Refused forms redirect back (POST, redirect, GET): a reload sends nothing again.
+    assert posted.value.status == 303
+    page.wait_for_selector("#domain-error")
     assert page.get_attribute("#domain", "aria-invalid") == "true"
     assert page.get_attribute("#domain", "aria-describedby") == "domain-error"
     assert page.evaluate("document.activeElement.id") == "domain"
     check(page, "servers with an error", failures)
     page.goto(web_env.url + "/settings")
     page.fill("#expiry_thresholds", "0")
-    page.click("button[value=save]")
+    with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        page.click("button[value=save]")
+    assert posted.value.status == 303
+    page.wait_for_selector("#settings-error")
     assert page.get_attribute("#expiry_thresholds", "aria-invalid") == "true"
     assert "settings-error" in (page.get_attribute("#expiry_thresholds", "aria-describedby") or "")
     assert page.evaluate("document.activeElement.id") == "expiry_thresholds"
+    assert page.input_value("#expiry_thresholds") == "0"  # what was typed comes back
     check(page, "settings with an error", failures)
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.method))
+    page.reload()
+    assert "POST" not in sent and page.locator("[role=alert]").count() == 0
 
     # The server's own "are you sure?" page (what a browser without script gets).
     page.goto(web_env.url + "/keys")
