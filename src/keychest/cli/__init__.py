@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rescan": ("keychest.cli.rescan", "rescan"),
     "migrate": ("keychest.cli.migrate", "migrate"),
     "signin-link": ("keychest.cli.signin_link", "signin_link"),
+    "notify": ("keychest.cli.notify", "notify_cmd"),
 }
 
 

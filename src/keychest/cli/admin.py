@@ -120,12 +120,14 @@ def accounts_cmd(db_url: str | None, data_dir: Path, as_json: bool) -> None:
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def outbox_cmd(db_url: str | None, data_dir: Path, as_json: bool) -> None:
-    """List mails: queued, sent, failed, skipped."""
+    """List mails and channel notifications: queued, sent, failed, skipped."""
     service = open_service(db_url, data_dir)
     rows = [
         {
             "id": m.id,
             "kind": m.kind,
+            # mail, or the alert channel (id) a notification goes to; "to" then shows its URL
+            "channel": "mail" if m.channel_id is None else f"channel {m.channel_id}",
             "to": m.to_addr,
             "state": m.state,
             "attempts": m.attempts,
@@ -138,5 +140,5 @@ def outbox_cmd(db_url: str | None, data_dir: Path, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    cols = ["id", "kind", "to", "state", "attempts", "created_at", "sent_at", "last_error"]
+    cols = ["id", "kind", "channel", "to", "state", "attempts", "created_at", "sent_at", "last_error"]
     _table(f"{len(rows)} mails", cols, [[r[c] for c in cols] for r in rows])

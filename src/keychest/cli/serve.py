@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from keychest.cli.notify import notify_options, notify_settings
 from keychest.cli.options import (
     db_option,
     default_mail_domain,
@@ -173,6 +174,7 @@ from keychest.scan.model import ScanOptions
     "database is set up and any other schema version is refused.",
 )
 @mail_options
+@notify_options
 @env_option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )
@@ -212,6 +214,9 @@ def serve(
     smtp_starttls: bool,
     mail_from: str | None,
     public_url: str | None,
+    notify_urls: tuple[str, ...],
+    webhook_urls: tuple[str, ...],
+    webhook_secret_file: str | None,
     migrate: bool,
     log_level: str,
 ) -> None:
@@ -277,6 +282,9 @@ def serve(
             public_url,
             mail_domain_value,
             f"http://{http_host}:{http_port}",
+        ),
+        notify=notify_settings(
+            notify_urls, webhook_urls, webhook_secret_file, allow_private_targets=allow_private_targets
         ),
     )
     try:

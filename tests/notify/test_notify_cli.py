@@ -1,0 +1,121 @@
+"""`keychest notify test URL`, the serve flags' checks and `keychest outbox`, through the real
+command (a subprocess) against real local receivers: the native webhook (signature checked by
+the independent `standardwebhooks` package) and Apprise's json:// and form://."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import jsonschema
+from standardwebhooks.webhooks import Webhook
+
+from keychest.notify import signing
+from tests.notify.receiver import receiver
+
+SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "notify-payload.schema.json").read_text())
+
+
+def keychest(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from keychest.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def secret_file(tmp_path: Path) -> tuple[str, Path]:
+    secret = signing.new_secret()
+    path = tmp_path / "secret"
+    path.write_text(secret + "\n")
+    return secret, path
+
+
+def test_webhook_test_is_signed_and_valid(tmp_path: Path) -> None:
+    secret, path = secret_file(tmp_path)
+    with receiver() as hook:
+        done = keychest(
+            "notify", "test", hook.url + "/in", "--webhook-secret-file", str(path), "--allow-private-targets"
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("sent: HTTP 200")
+        [request] = hook.wait_for(1)
+    payload = Webhook(secret).verify(request.body, request.headers)
+    jsonschema.validate(payload, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert payload["type"] == "notification.test" and request.path == "/in"
+    # The same request with one byte changed fails the independent check.
+    tampered = request.body.replace(b"test", b"tost", 1)
+    try:
+        Webhook(secret).verify(tampered, request.headers)
+    except Exception as exc:
+        assert "signature" in str(exc).lower()
+    else:
+        raise AssertionError("a tampered body verified")
+
+
+def test_refusing_receiver_exits_1_with_its_answer(tmp_path: Path) -> None:
+    with receiver(status=401) as hook:
+        hook.answer = b"bad token"
+        done = keychest("notify", "test", hook.url, "--allow-private-targets")
+    assert done.returncode == 1
+    assert "HTTP 401" in done.stderr and "bad token" in done.stderr
+
+
+def test_private_address_is_refused_without_the_allowance() -> None:
+    with receiver() as hook:
+        done = keychest("notify", "test", hook.url)
+        assert hook.requests == []
+    assert done.returncode == 1
+    assert "loopback address" in done.stderr and "--allow-private-targets" in done.stderr
+
+
+def test_apprise_json_and_form_receivers() -> None:
+    with receiver() as hook:
+        host = hook.url.removeprefix("http://")
+        done = keychest("notify", "test", f"json://{host}/j", "--allow-private-targets")
+        assert done.returncode == 0, done.stderr
+        done = keychest("notify", "test", f"form://{host}/f", "--allow-private-targets")
+        assert done.returncode == 0, done.stderr
+        as_json, as_form = hook.wait_for(2)
+    assert as_json.path == "/j" and json.loads(as_json.body)["title"] == "keychest test notification"
+    assert as_form.path == "/f"
+    assert parse_qs(as_form.body.decode())["title"] == ["keychest test notification"]
+
+
+def test_apprise_receiver_error_exits_1() -> None:
+    with receiver(status=500) as hook:
+        done = keychest(
+            "notify", "test", "json://" + hook.url.removeprefix("http://"), "--allow-private-targets"
+        )
+    assert done.returncode == 1 and done.stderr.startswith("error: ")
+
+
+def test_invalid_urls_named() -> None:
+    done = keychest("notify", "test", "nosuchservice://x")
+    assert (
+        done.returncode == 1
+        and "not a valid Apprise URL" in done.stderr
+        and "nosuchservice://" in done.stderr
+    )
+
+
+def test_serve_refuses_bad_channel_flags(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    done = keychest("serve", "--data-dir", data, "--webhook", "https://hooks.example.org/x")
+    assert done.returncode == 2 and "--webhook-secret-file" in done.stderr
+    done = keychest("serve", "--data-dir", data, "--notify", "nosuchservice://x")
+    assert done.returncode == 2 and "not a valid Apprise URL" in done.stderr
+    secret, path = secret_file(tmp_path)
+    done = keychest(
+        "serve", "--data-dir", data, "--webhook", "http://127.0.0.1:9/x", "--webhook-secret-file", str(path)
+    )
+    assert done.returncode == 2 and "loopback address" in done.stderr
+    path.write_text("not-a-secret")
+    done = keychest(
+        "serve", "--data-dir", data, "--webhook", "https://h.example/x", "--webhook-secret-file", str(path)
+    )
+    assert done.returncode == 2 and "whsec_" in done.stderr
