@@ -22,7 +22,7 @@ from keychest.config import NotifySettings, Settings
 from keychest.notify import signing
 from keychest.scan.model import ScanOptions
 from keychest.servers.notifier import Notifier
-from keychest.service import domains, incidents, keys
+from keychest.service import domains, incidents, keys, outbox
 from keychest.service.context import Ctx
 from keychest.service.facade import Keychest
 from keychest.store.db import Database, upgrade
@@ -236,3 +236,63 @@ def test_removed_server_channel_skips_its_queue(db_url: str, hook: Receiver, sec
     [row] = notifications(later)
     assert row.state == "skipped" and row.last_error == "channel removed"
     assert hook.requests == []
+
+
+def queue_more(svc: Keychest, channel_url: str, count: int) -> None:
+    def add(ctx: Ctx) -> None:
+        channel = ctx.session.scalars(select(Channel).where(Channel.url == channel_url)).one()
+        for n in range(count):
+            outbox.enqueue_notification(
+                ctx,
+                channel_id=channel.id,
+                to_label=channel.url,
+                account_id=None,
+                payload={"id": f"msg_bulk{n}", "title": "bulk", "message": "bulk"},
+            )
+
+    svc.call(add)
+
+
+def test_hung_channel_does_not_hold_up_a_live_one(db_url: str, secret: str) -> None:
+    with receiver(hang=True) as dead, receiver() as live:
+        svc = make_service(
+            db_url, NotifySettings(webhook_urls=(dead.url, live.url), webhook_secret=secret, timeout_s=60.0)
+        )
+        seen(svc, "www.example.net", days_left=5, problems=["expires_soon"], state="critical")
+        svc.call(incidents.run_pass)
+        queue_more(svc, dead.url, 500)
+
+        async def run() -> None:
+            notifier = Notifier(svc, idle_poll_s=0.01)
+            task = asyncio.create_task(notifier.run())
+            try:
+                # The dead receiver holds its request (no answer for 60 s) ...
+                await asyncio.to_thread(dead.wait_for, 1)
+                # ... while the live one gets its notification.
+                await asyncio.to_thread(live.wait_for, 1)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+        asyncio.run(run())
+        assert len(dead.requests) == 1
+
+
+def test_time_out_pauses_the_channel_and_releases_its_batch(db_url: str, secret: str) -> None:
+    with receiver(hang=True) as dead:
+        svc = make_service(
+            db_url,
+            NotifySettings(webhook_urls=(dead.url,), webhook_secret=secret, timeout_s=0.3, retry_base_s=30),
+        )
+        svc.call(incidents.run_pass)  # the channel row
+        queue_more(svc, dead.url, 50)
+        drain(svc)
+        dead.wait_for(1)
+        rows = notifications(svc)
+        tried = [r for r in rows if r.attempts]
+        assert len(tried) == 1 and "no answer within 0.3 s" in (tried[0].last_error or "")
+        assert {r.state for r in rows} == {"queued"}
+        [channel] = svc.read(lambda ctx: list(ctx.session.scalars(select(Channel))))
+        assert channel.paused_until == NOW + timedelta(seconds=30) and channel.failures == 1
+        # Paused: the lease does not look at its queue at all.
+        assert svc.call(outbox.lease_notifications, per_channel=20, lease_s=60) == []
