@@ -157,6 +157,19 @@ def _read_targets(targets: Sequence[str], files: Sequence[TextIO]) -> list[Endpo
     show_default=True,
     help="Processes to spread the handshakes over (for thousands of targets).",
 )
+@click.option(
+    "--no-revocation",
+    is_flag=True,
+    help="Do not ask CRLs and OCSP responders whether the certificates were revoked.",
+)
+@click.option(
+    "--acme-directory",
+    "acme_directories",
+    multiple=True,
+    metavar="URL",
+    help="ACME directory of a private CA to ask for renewal information (ARI, RFC 9773); repeatable."
+    " Let's Encrypt and Google Trust Services are known without it.",
+)
 def scan(
     targets: tuple[str, ...],
     files: tuple[TextIO, ...],
@@ -171,6 +184,8 @@ def scan(
     concurrency: int,
     per_address: int,
     workers: int,
+    no_revocation: bool,
+    acme_directories: tuple[str, ...],
 ) -> None:
     """Check the TLS certificates of TARGETs (`host`, `host:port`, `[v6addr]:port`, an
     `https://` URL, or `scheme://host[:port]`: STARTTLS smtp, submission, imap, pop3, ldap,
@@ -195,6 +210,8 @@ def scan(
             crit_days=crit_days,
             concurrency=concurrency,
             per_address_concurrency=per_address,
+            revocation=not no_revocation,
+            acme_directories=acme_directories,
         )
         Scanner(options)  # fail on a bad CA file or resolver before forking workers
     except (ValueError, OSError) as exc:

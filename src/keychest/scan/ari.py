@@ -1,17 +1,13 @@
 """ACME Renewal Information (RFC 9773): the CA's own answer to "when should this be renewed?".
 
-Pure parts: the certificate's ARI CertID, the built-in list of public ACME CAs that offer
-ARI, parsing a renewalInfo answer and judging it. `AriChecker` is the I/O shell: it finds the
-directory's renewalInfo URL (cached), asks about each certificate at most once per
-Retry-After, and remembers the answer in between.
+Pure: the certificate's ARI CertID, the built-in list of public ACME CAs that offer ARI,
+parsing a renewalInfo answer and judging it. `scan.checks.AriChecker` fetches.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -19,7 +15,6 @@ from typing import Any
 
 from cryptography import x509
 
-from keychest.scan.fetch import Fetcher, FetchError
 from keychest.scan.judge import Problem, Severity
 
 # Public ACME CAs that serve renewalInfo, by a word of their issuer's organisation.
@@ -154,93 +149,3 @@ def ari_problems(info: RenewalInfo | None, now: datetime) -> list[Problem]:
             )
         ]
     return []
-
-
-# --- the I/O shell -------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Known:
-    info: RenewalInfo | None
-    next_check: datetime
-
-
-class AriChecker:
-    """One per scanner: directories by URL, answers by CertID."""
-
-    def __init__(
-        self, fetcher: Fetcher, clock: Callable[[], datetime], directories: Sequence[str] = ()
-    ) -> None:
-        self.fetcher = fetcher
-        self.clock = clock
-        self.directories = tuple(directories)
-        self.requests = 0  # renewalInfo requests, for the figures in docs/renewal.md
-        self._renewal_urls: dict[str, tuple[str | None, datetime]] = {}
-        self._known: dict[str, _Known] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def candidates(self, issuer_organization: str | None) -> list[str]:
-        public = public_directory(issuer_organization)
-        return [public] if public else list(self.directories)
-
-    async def check(self, leaf: bytes, issuer_organization: str | None) -> RenewalInfo | None:
-        directories = self.candidates(issuer_organization)
-        if not directories:
-            return None
-        try:
-            ident = cert_id(x509.load_der_x509_certificate(leaf))
-        except ValueError:
-            return None
-        if ident is None:
-            return None
-        lock = self._locks.setdefault(ident, asyncio.Lock())
-        async with lock:
-            known = self._known.get(ident)
-            if known is not None and self.clock() < known.next_check:
-                return known.info
-            info, next_check = await self._ask(ident, directories, known.info if known else None)
-            self._known[ident] = _Known(info, next_check)
-            return info
-
-    async def _ask(
-        self, ident: str, directories: Sequence[str], previous: RenewalInfo | None
-    ) -> tuple[RenewalInfo | None, datetime]:
-        now = self.clock()
-        for directory in directories:
-            base = await self._renewal_url(directory)
-            if base is None:
-                continue
-            self.requests += 1
-            try:
-                response = await self.fetcher.get(
-                    f"{base.rstrip('/')}/{ident}", {"Accept": "application/json"}
-                )
-            except FetchError:
-                continue
-            if response.status == 404:
-                continue  # not this CA's certificate
-            wait = retry_after(response.headers.get("retry-after"), now)
-            if response.status != 200:
-                return previous, now + max(wait, ERROR_RETRY)
-            try:
-                return parse_renewal_info(response.body, self.clock()), now + wait
-            except ValueError:
-                return previous, now + max(wait, ERROR_RETRY)
-        return previous, now + ERROR_RETRY
-
-    async def _renewal_url(self, directory: str) -> str | None:
-        now = self.clock()
-        cached = self._renewal_urls.get(directory)
-        if cached is not None and now < cached[1]:
-            return cached[0]
-        url: str | None = None
-        try:
-            response = await self.fetcher.get(directory, {"Accept": "application/json"})
-            if response.status == 200:
-                data = json.loads(response.body)
-                if isinstance(data, dict) and isinstance(data.get("renewalInfo"), str):
-                    url = data["renewalInfo"]
-        except (FetchError, ValueError):
-            url = None
-        self._renewal_urls[directory] = (url, now + (DIRECTORY_TTL if url else ERROR_RETRY))
-        return url

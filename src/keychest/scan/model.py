@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from keychest.scan.ari import RenewalInfo
 from keychest.scan.errors import ScanError
 from keychest.scan.judge import CertFacts, State, Verdict, find_stale_deployments
+from keychest.scan.revocation import Revocation
 from keychest.scan.targets import Endpoint, ScanTarget
 
 
@@ -29,6 +31,8 @@ class ScanOptions:
     max_chain_bytes: int = 256 * 1024  # bytes we read from a server before giving up on it
     concurrency: int = 100  # probes in flight at once
     per_address_concurrency: int = 8  # probes in flight against one IP address
+    revocation: bool = True  # ask CRLs and OCSP responders (keychest scan --no-revocation)
+    acme_directories: tuple[str, ...] = ()  # ACME directories of private CAs, for ARI
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
@@ -52,6 +56,8 @@ class AddressResult:
     tls_version: str | None = None
     cipher: str | None = None
     elapsed: float = 0.0
+    revocation: Revocation | None = None  # None: not checked (--no-revocation, or no certificate)
+    ari: RenewalInfo | None = None  # None: no ACME directory known for the issuer, or no answer
 
     @property
     def state(self) -> State:

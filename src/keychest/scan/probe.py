@@ -41,6 +41,7 @@ class ProbeResult:
     cipher: str | None = None
     bytes_read: int = 0
     elapsed: float = 0.0  # seconds from connect start to handshake end (or failure)
+    stapled_ocsp: bytes | None = None  # the OCSP response the server stapled, unverified
 
     @property
     def ok(self) -> bool:
@@ -59,7 +60,14 @@ def make_client_context() -> SSL.Context:
     # No session tickets: we never resume, and each ticket costs the server work.
     context.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    context.set_ocsp_client_callback(_keep_staple)
     return context
+
+
+def _keep_staple(connection: SSL.Connection, staple: bytes, _data: object) -> bool:
+    """Keep whatever was stapled: it is verified later (revocation), never trusted here."""
+    connection.set_app_data(staple or None)
+    return True
 
 
 def _reasons(exc: SSL.Error) -> list[str]:
@@ -233,6 +241,7 @@ class TLSClient:
         started = time.monotonic()
         connection = SSL.Connection(self.context, None)
         connection.set_connect_state()
+        connection.request_ocsp()
         if not is_ip_literal(target.host):
             connection.set_tlsext_host_name(target.host.encode("ascii"))
         done: asyncio.Future[None] = loop.create_future()
@@ -248,8 +257,16 @@ class TLSClient:
             tls_version: str | None = None,
             cipher: str | None = None,
         ) -> ProbeResult:
+            staple = connection.get_app_data() if error is None else None
             return ProbeResult(
-                target, chain, error, tls_version, cipher, protocol.bytes_read, time.monotonic() - started
+                target,
+                chain,
+                error,
+                tls_version,
+                cipher,
+                protocol.bytes_read,
+                time.monotonic() - started,
+                staple if isinstance(staple, bytes) else None,
             )
 
         try:

@@ -68,6 +68,8 @@ def result_to_json(result: AddressResult) -> dict[str, Any]:
         "tls_version": result.tls_version,
         "cipher": result.cipher,
         "problems": [p.as_dict() for p in verdict.problems] if verdict else [],
+        "revocation": result.revocation.as_dict() if result.revocation else None,
+        "ari": result.ari.as_dict() if result.ari else None,
         "scanned_at": iso_utc(result.scanned_at),
         "elapsed_ms": round(result.elapsed * 1000, 1),
     }

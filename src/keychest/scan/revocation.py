@@ -1,10 +1,7 @@
 """Has the certificate been revoked? CRLs, OCSP and stapled OCSP responses.
 
 The verification (`crl_verdict`, `ocsp_verdict`) is pure: bytes and certificates in, a
-`Revocation` out, `now` passed in. `RevocationChecker` is the I/O shell: it fetches through
-the guarded `Fetcher`, keeps each CRL until its nextUpdate (one download per period however
-many certificates share it; conditional GET once it is due) and each OCSP answer until its
-nextUpdate.
+`Revocation` out, `now` passed in. No I/O: `scan.checks.RevocationChecker` fetches.
 
 Anything that cannot be verified (garbage, a wrong signature, a CRL of another issuer, an
 expired CRL, a time-out) is `unknown` with an `error`: never a `good` or `revoked` we cannot
@@ -13,9 +10,7 @@ stand behind.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -27,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-from keychest.scan.fetch import Fetcher, FetchError
 from keychest.scan.judge import Problem, Severity
 
 # Clocks differ: a CRL or OCSP answer dated a little in the future is still accepted.
@@ -157,8 +151,8 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
     return x509.load_der_x509_crl(data)
 
 
-def crl_problem(crl: x509.CertificateRevocationList, issuer: x509.Certificate, now: datetime) -> str | None:
-    """Why this CRL cannot be used to judge `issuer`'s certificates, or None if it can."""
+def crl_signature_problem(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> str | None:
+    """Why this CRL is not `issuer`'s (another issuer, a signature that does not verify)."""
     if crl.issuer != issuer.subject:
         return f"the CRL is issued by {crl.issuer.rfc4514_string()}, not by {issuer.subject.rfc4514_string()}"
     try:
@@ -167,12 +161,21 @@ def crl_problem(crl: x509.CertificateRevocationList, issuer: x509.Certificate, n
         return f"the CRL's signature cannot be checked: {exc}"
     if not valid:
         return "the CRL's signature does not verify against the issuer's key"
+    return None
+
+
+def crl_date_problem(crl: x509.CertificateRevocationList, now: datetime) -> str | None:
     if crl.last_update_utc > now + CLOCK_SKEW:
         return f"the CRL is dated in the future ({_iso(crl.last_update_utc)})"
     next_update = crl.next_update_utc
     if next_update is not None and next_update + CLOCK_SKEW < now:
         return f"the CRL is out of date (nextUpdate {_iso(next_update)})"
     return None
+
+
+def crl_problem(crl: x509.CertificateRevocationList, issuer: x509.Certificate, now: datetime) -> str | None:
+    """Why this CRL cannot be used to judge `issuer`'s certificates at `now`, or None if it can."""
+    return crl_signature_problem(crl, issuer) or crl_date_problem(crl, now)
 
 
 def _reason(extensions: x509.Extensions) -> str | None:
@@ -209,7 +212,7 @@ def ocsp_request(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
     return builder.build().public_bytes(serialization.Encoding.DER)
 
 
-def _key_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
+def key_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
     """The hash of the subjectPublicKey BIT STRING's contents, as OCSP's CertID uses it."""
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -246,7 +249,7 @@ def _responder(response: ocsp.OCSPResponse, issuer: x509.Certificate) -> x509.Ce
     def named(cert: x509.Certificate) -> bool:
         if response.responder_name is not None:
             return response.responder_name == cert.subject
-        return response.responder_key_hash == _key_hash(cert, hashes.SHA1())
+        return response.responder_key_hash == key_hash(cert, hashes.SHA1())
 
     if named(issuer):
         return issuer
@@ -277,7 +280,7 @@ def ocsp_verdict(
                 r
                 for r in response.responses
                 if r.serial_number == cert.serial_number
-                and r.issuer_key_hash == _key_hash(issuer, r.hash_algorithm)
+                and r.issuer_key_hash == key_hash(issuer, r.hash_algorithm)
                 and r.issuer_name_hash == _name_hash(issuer, r.hash_algorithm)
             ),
             None,
@@ -351,145 +354,3 @@ def problems(revocation: Revocation | None, leaf: x509.Certificate, stapled: boo
             )
         )
     return found
-
-
-# --- the I/O shell -------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _CrlEntry:
-    crl: x509.CertificateRevocationList | None
-    fresh_until: datetime
-    etag: str | None = None
-    last_modified: str | None = None
-    error: str | None = None
-    verified: set[bytes] = field(default_factory=set)  # issuer key hashes it verified against
-
-
-@dataclass(slots=True)
-class _OcspEntry:
-    data: bytes
-    fresh_until: datetime
-
-
-class RevocationChecker:
-    """One per scanner: caches CRLs by URL and OCSP answers by (issuer key, serial)."""
-
-    def __init__(self, fetcher: Fetcher, clock: Callable[[], datetime]) -> None:
-        self.fetcher = fetcher
-        self.clock = clock
-        self.crl_downloads = 0  # full bodies fetched (a 304 is not one)
-        self.crl_requests = 0
-        self._crls: dict[str, _CrlEntry] = {}
-        self._ocsp: dict[tuple[bytes, int], _OcspEntry] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    async def check(self, leaf: bytes, issuer: bytes | None, stapled: bytes | None) -> Revocation:
-        try:
-            cert = x509.load_der_x509_certificate(leaf)
-            issuer_cert = x509.load_der_x509_certificate(issuer) if issuer else None
-        except ValueError as exc:
-            return unknown(None, f"certificate cannot be parsed: {exc}")
-        if issuer_cert is None:
-            return unknown(None, "the issuer's certificate is not available to check signatures")
-        now = self.clock()
-        if stapled:
-            verdict = ocsp_verdict(stapled, cert, issuer_cert, now, Method.STAPLED)
-            if verdict.definite:
-                return verdict
-        errors: list[Revocation] = []
-        for url in ocsp_urls(cert)[:2]:
-            verdict = await self._ocsp_check(url, cert, issuer_cert)
-            if verdict.definite:
-                return verdict
-            errors.append(verdict)
-        for url in crl_urls(cert)[:2]:
-            verdict = await self._crl_check(url, cert, issuer_cert)
-            if verdict.definite:
-                return verdict
-            errors.append(verdict)
-        if errors:
-            return errors[-1]
-        return Revocation(Status.UNKNOWN)
-
-    async def _ocsp_check(self, url: str, cert: x509.Certificate, issuer: x509.Certificate) -> Revocation:
-        key = (_key_hash(issuer, hashes.SHA1()), cert.serial_number)
-        entry = self._ocsp.get(key)
-        now = self.clock()
-        if entry is None or entry.fresh_until <= now:
-            try:
-                response = await self.fetcher.get(
-                    url,
-                    {"Content-Type": "application/ocsp-request", "Accept": "application/ocsp-response"},
-                    method="POST",
-                    body=ocsp_request(cert, issuer),
-                )
-            except FetchError as exc:
-                return unknown(Method.OCSP, str(exc))
-            if response.status != 200:
-                return unknown(Method.OCSP, f"{url}: HTTP {response.status}")
-            next_update = ocsp_next_update(response.body)
-            fresh = min(next_update, now + RECHECK) if next_update else now + RECHECK
-            entry = self._ocsp[key] = _OcspEntry(response.body, fresh)
-        return ocsp_verdict(entry.data, cert, issuer, self.clock())
-
-    async def _crl_check(self, url: str, cert: x509.Certificate, issuer: x509.Certificate) -> Revocation:
-        lock = self._locks.setdefault(url, asyncio.Lock())
-        async with lock:
-            entry = await self._crl(url)
-        if entry.crl is None:
-            return unknown(Method.CRL, entry.error or f"{url}: no CRL")
-        fingerprint = _key_hash(issuer, hashes.SHA256())
-        if fingerprint not in entry.verified:
-            problem = crl_problem(entry.crl, issuer, self.clock())
-            if problem:
-                return unknown(Method.CRL, f"{url}: {problem}")
-            entry.verified.add(fingerprint)
-        return crl_lookup(entry.crl, cert)
-
-    async def _crl(self, url: str) -> _CrlEntry:
-        now = self.clock()
-        entry = self._crls.get(url)
-        if entry is not None and now < entry.fresh_until:
-            return entry
-        headers = {}
-        if entry is not None and entry.crl is not None:
-            if entry.etag:
-                headers["If-None-Match"] = entry.etag
-            if entry.last_modified:
-                headers["If-Modified-Since"] = entry.last_modified
-        self.crl_requests += 1
-        try:
-            response = await self.fetcher.get(url, headers)
-        except FetchError as exc:
-            return self._failed(url, str(exc), now)
-        if response.status == 304 and entry is not None and entry.crl is not None:
-            entry.fresh_until = self._fresh_until(entry.crl, self.clock(), unchanged=True)
-            return entry
-        if response.status != 200:
-            return self._failed(url, f"{url}: HTTP {response.status}", now)
-        self.crl_downloads += 1
-        try:
-            crl = load_crl(response.body)
-        except ValueError as exc:
-            return self._failed(url, f"{url}: not a CRL: {exc}", now)
-        fresh = _CrlEntry(
-            crl,
-            self._fresh_until(crl, self.clock()),
-            response.headers.get("etag"),
-            response.headers.get("last-modified"),
-        )
-        self._crls[url] = fresh
-        return fresh
-
-    def _failed(self, url: str, error: str, now: datetime) -> _CrlEntry:
-        entry = _CrlEntry(None, now + FAILURE_BACKOFF, error=error)
-        self._crls[url] = entry
-        return entry
-
-    @staticmethod
-    def _fresh_until(crl: x509.CertificateRevocationList, now: datetime, unchanged: bool = False) -> datetime:
-        next_update = crl.next_update_utc
-        if next_update is None or next_update <= now:
-            return now + (RECHECK if unchanged or next_update is None else FAILURE_BACKOFF)
-        return min(next_update, now + MAX_CRL_AGE)

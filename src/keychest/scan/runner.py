@@ -15,15 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import datetime
 
+from cryptography import x509
+
+from keychest.scan.ari import ari_problems
+from keychest.scan.checks import AriChecker, RevocationChecker
 from keychest.scan.errors import ErrorKind, ScanError, ScanFailure
+from keychest.scan.fetch import Fetcher
 from keychest.scan.guard import blocked_message, check_address
-from keychest.scan.judge import CertFacts, TrustStore, Verdict, chain_facts, judge, utc_now
+from keychest.scan.judge import CertFacts, Problem, TrustStore, Verdict, chain_facts, judge, utc_now
+from keychest.scan.lifetime import lifetime_problem
 from keychest.scan.model import AddressResult, ScanOptions, mark_stale_deployments
 from keychest.scan.probe import ProbeResult, TLSClient
 from keychest.scan.resolve import Resolver
+from keychest.scan.revocation import Revocation, unknown
+from keychest.scan.revocation import problems as revocation_problems
 from keychest.scan.targets import Endpoint, ScanTarget
 
 __all__ = [
@@ -77,11 +87,26 @@ class Scanner:
     Build one per process (per event loop) and call `scan_endpoint` / `scan` as often as needed.
     """
 
-    def __init__(self, options: ScanOptions, trust_store: TrustStore | None = None) -> None:
+    def __init__(
+        self,
+        options: ScanOptions,
+        trust_store: TrustStore | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self.options = options
         self.trust_store = trust_store or load_trust_store(options.ca_file, options.system_trust)
         self.resolver = Resolver(options.timeout, options.resolver)
         self.client = TLSClient(options.timeout, options.max_chain_bytes)
+        # CRL, OCSP and ARI answers are cached here, for every endpoint this scanner sees.
+        self.fetcher = Fetcher(
+            self.resolver,
+            timeout=options.timeout,
+            allow_private_targets=options.allow_private_targets,
+            ca_file=options.ca_file,
+        )
+        self.revocation = RevocationChecker(self.fetcher, clock)
+        self.ari = AriChecker(self.fetcher, clock, options.acme_directories)
+        self.clock = clock
         self._slots = asyncio.Semaphore(options.concurrency)
         self._per_address: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
         self._parked = 0
@@ -166,7 +191,10 @@ class Scanner:
                 return AddressResult(endpoint, target.ip, utc_now(), error=error)
             async with self._address_slot(target.ip, parking):
                 probe = await self.client.probe(target)
-            return self.judge_probe(probe)
+            result = self.judge_probe(probe)
+            if result.verdict is not None and result.chain:
+                result = await self.check_renewal(result, probe.stapled_ocsp)
+            return result
         finally:
             if parking is not None:
                 parking.change(pending=-1)
@@ -206,7 +234,48 @@ class Scanner:
             warn_days=self.options.warn_days,
             crit_days=self.options.crit_days,
         )
+        lifetime = lifetime_problem(chain[0]) if self._publicly_trusted(verdict, chain) else None
+        if lifetime is not None:
+            verdict = verdict.with_problem(lifetime)
         return result(None, chain, verdict)
+
+    def _publicly_trusted(self, verdict: Verdict, chain: tuple[CertFacts, ...]) -> bool:
+        """Trusted through the system's CA bundle: the lifetime policy binds public CAs only."""
+        if not verdict.trusted or not self.options.system_trust:
+            return False
+        if not self.options.ca_file:
+            return True
+        return load_trust_store(None, True).verify([c.der for c in chain]).trusted
+
+    async def check_renewal(self, result: AddressResult, stapled: bytes | None) -> AddressResult:
+        """Revocation (unless switched off), must-staple and ARI, each within its own deadline
+        (a slow CA costs at most that, and gives `unknown`, never a verdict)."""
+        verdict = result.verdict
+        leaf = result.leaf
+        assert verdict is not None and leaf is not None
+        issuer = verdict.path[1].der if len(verdict.path) > 1 else None
+        if issuer is None and len(result.chain) > 1:
+            issuer = result.chain[1].der
+        budget = 2 * self.options.timeout
+        revocation: Revocation | None = None
+        if self.options.revocation:
+            try:
+                async with asyncio.timeout(budget):
+                    revocation = await self.revocation.check(leaf.der, issuer, stapled)
+            except TimeoutError:
+                revocation = unknown(None, f"no revocation answer within {budget:g}s")
+        try:
+            async with asyncio.timeout(budget):
+                info = await self.ari.check(leaf.der, leaf.issuer_organization)
+        except TimeoutError:
+            info = None
+        problems: list[Problem] = revocation_problems(
+            revocation, x509.load_der_x509_certificate(leaf.der), stapled=bool(stapled)
+        )
+        problems += ari_problems(info, result.scanned_at)
+        for problem in problems:
+            verdict = verdict.with_problem(problem)
+        return dataclasses.replace(result, verdict=verdict, revocation=revocation, ari=info)
 
     async def scan(self, endpoints: Iterable[Endpoint]) -> list[AddressResult]:
         """Scan many endpoints; results come grouped by endpoint, in the order given."""
