@@ -152,8 +152,10 @@ class CertFactory:
         days: float = 90,
         issuer_organization: str | None = None,
         extra_chain: tuple[bytes, ...] = (),
+        extensions: tuple[x509.ExtensionType, ...] = (),
     ) -> ServerCert:
-        """A leaf signed by the test CA (or by itself) with the key and digest given."""
+        """A leaf signed by the test CA (or by itself) with the key, digest and extra
+        (non-critical) extensions given."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         now = self.now()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
@@ -174,6 +176,8 @@ class CertFactory:
             .add_extension(_san(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         )
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
         cert = builder.sign(signing_key, digest or hashes.SHA256())  # type: ignore[arg-type]
         return ServerCert(_pem(cert) + b"".join(extra_chain), _key_pem(key))
 

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 from OpenSSL import crypto
 
 from keychest.scan.targets import parse_ip
@@ -67,6 +67,7 @@ class CertFacts:
     is_ca: bool
     self_signed: bool
     is_lets_encrypt: bool
+    purpose_error: str | None = None  # why its (extended) key usage forbids a TLS server's use
 
     @property
     def pem(self) -> str:
@@ -151,6 +152,34 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def _purpose_error(cert: x509.Certificate, key_type: str) -> str | None:
+    """Why a TLS client would refuse this certificate for a server, by its extended key usage
+    (serverAuth or anyExtendedKeyUsage needed when present) or its key usage (the key must
+    be allowed to sign, or for RSA to encipher the key exchange, or for EC to agree on it)."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):
+        eku = None
+    if eku is not None and not {
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+    } & set(eku):
+        names = ", ".join(oid._name for oid in eku) or "none"
+        return f"its extended key usage ({names}) does not include serverAuth (TLS server authentication)"
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    allowed = usage.digital_signature
+    if key_type == "RSA":
+        allowed = allowed or usage.key_encipherment
+    elif key_type == "EC":
+        allowed = allowed or usage.key_agreement
+    if not allowed:
+        return f"its key usage forbids the {key_type} key any TLS key exchange (no digitalSignature)"
+    return None
+
+
 def cert_facts(der: bytes) -> CertFacts:
     """Parse one DER certificate. Raises ValueError if it is not a certificate."""
     cert = x509.load_der_x509_certificate(der)
@@ -177,6 +206,7 @@ def cert_facts(der: bytes) -> CertFacts:
         is_ca=_is_ca(cert),
         self_signed=_self_signed(cert),
         is_lets_encrypt=organization is not None and "let's encrypt" in organization.lower(),
+        purpose_error=_purpose_error(cert, key_type),
     )
 
 
@@ -333,6 +363,10 @@ class Verdict:
     hostname_ok: bool
     problems: tuple[Problem, ...] = ()
     path: tuple[CertFacts, ...] = field(default=(), repr=False)  # verified path, leaf to anchor
+    # The first expiry on the verified path (the chain as sent when untrusted), anchor
+    # included: blackbox_exporter's probe_ssl_earliest_cert_expiry. `days_left` stays the leaf's.
+    earliest_not_after: datetime | None = None
+    earliest_days_left: int | None = None
 
     def with_problem(self, problem: Problem) -> Verdict:
         problems = self.problems + (problem,)
@@ -420,6 +454,24 @@ def _expiry_problem(
     return Problem(f"{prefix}expires_soon", severity, f"{what} expires in {left} {unit}")
 
 
+def chain_order_error(chain: Sequence[CertFacts]) -> str | None:
+    """Why the chain as sent is out of order (RFC 8446 4.4.2 asks each certificate to
+    certify the one before it): some certificate is followed by another than its issuer,
+    while its issuer was sent elsewhere in the chain. Extra certificates that certify
+    nothing sent (a cross-signed root at the end) are not an order problem."""
+    subjects = {c.subject: index for index, c in enumerate(chain)}
+    for index, facts in enumerate(chain[:-1]):
+        if facts.self_signed:
+            continue
+        issuer_at = subjects.get(facts.issuer)
+        if issuer_at is not None and issuer_at != index + 1 and chain[index + 1].subject != facts.issuer:
+            what = "the leaf" if index == 0 else f"chain certificate {index} ({facts.subject})"
+            return f"chain sent out of order: the issuer of {what} is sent at position {issuer_at}"
+    if len(chain) > 1 and chain[0].is_ca and any(not c.is_ca for c in chain[1:]):
+        return "chain sent out of order: the leaf is not first"
+    return None
+
+
 def judge(
     chain: Sequence[CertFacts],
     *,
@@ -473,6 +525,17 @@ def judge(
     expiry = _expiry_problem(leaf, now, warn_days, crit_days, "certificate")
     if expiry:
         problems.append(expiry)
+    if leaf.purpose_error:
+        problems.append(
+            Problem(
+                "wrong_purpose",
+                Severity.CRITICAL,
+                f"certificate is not for TLS servers: {leaf.purpose_error}",
+            )
+        )
+    order = chain_order_error(chain)
+    if order:
+        problems.append(Problem("chain_order", Severity.WARNING, order))
 
     # The rest of the chain: the verified path when there is one (what clients will use),
     # else what the server sent.
@@ -499,6 +562,7 @@ def judge(
         if weak:
             problems.append(Problem("weak_key", Severity.CRITICAL, f"{what} has a {weak}"))
 
+    earliest = min(c.not_after for c in (leaf, *others))
     return Verdict(
         state=_state_of(problems),
         days_left=days_left(leaf.not_after, now),
@@ -507,6 +571,8 @@ def judge(
         hostname_ok=hostname_ok,
         problems=tuple(problems),
         path=path,
+        earliest_not_after=earliest,
+        earliest_days_left=days_left(earliest, now),
     )
 
 

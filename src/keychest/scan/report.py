@@ -51,6 +51,10 @@ def result_to_json(result: AddressResult) -> dict[str, Any]:
         "not_before": iso_utc(leaf.not_before) if leaf else None,
         "not_after": iso_utc(leaf.not_after) if leaf else None,
         "days_left": verdict.days_left if verdict else None,
+        "earliest_not_after": iso_utc(verdict.earliest_not_after)
+        if verdict and verdict.earliest_not_after
+        else None,
+        "earliest_days_left": verdict.earliest_days_left if verdict else None,
         "trusted": verdict.trusted if verdict else None,
         "trust_error": verdict.trust_error if verdict else None,
         "hostname_ok": verdict.hostname_ok if verdict else None,
