@@ -3,7 +3,7 @@
 # Runs every check, then fails if any failed. Needs the `dev` (or `test`) extra installed:
 # `bash scripts/bootstrap.sh test`, as .ci/run does.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 bin=.venv/bin
 failed=()
 run() {
