@@ -83,3 +83,65 @@ def test_expiring_certificates_come_before_unreachable_names_of_the_same_severit
         ("a-down.example.net", "error"),
         ("b-later.example.net", "warning"),
     ]
+
+
+def test_calendar_counts_self_signed_and_private_ca_certificates_as_one_issuer_each(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Issue 17 item 4: not one legend entry per self-signed certificate (each names itself)."""
+    import trustme
+
+    from tests.scan.certs import ServerCert
+
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    db = Database(db_url)
+    upgrade(db)
+    svc = Keychest(db, Settings(db_url, Path("."), "keychest.test"), lambda: now)
+    certs = CertFactory(tmp_path)
+    private = trustme.CA()
+    served = {
+        "public.example.net": (certs.valid("public.example.net", days=40), True),
+        "own-a.example.net": (certs.custom("own-a.example.net", self_signed=True, days=40), False),
+        "own-b.example.net": (certs.custom("own-b.example.net", self_signed=True, days=70), False),
+        "lab.example.net": (
+            ServerCert.from_trustme(
+                private.issue_cert(
+                    "lab.example.net", not_after=now.replace(tzinfo=dt.UTC) + dt.timedelta(days=70)
+                )
+            ),
+            False,
+        ),
+    }
+    try:
+        key = svc.call(keys.create).key
+        claimed = svc.call(accounts.claim, key, "calendar@example.org")
+        svc.call(accounts.confirm, claimed.account_id, claimed.api_key_id)
+        for host, (leaf, trusted) in served.items():
+            der = x509.load_pem_x509_certificates(leaf.chain_pem)[0].public_bytes(Encoding.DER)
+            verdict = Verdict(
+                State.OK if trusted else State.ERROR,
+                days_left=40,
+                trusted=trusted,
+                trust_error=None if trusted else "unable to get local issuer certificate",
+                hostname_ok=True,
+            )
+            result = AddressResult(
+                Endpoint(host),
+                "192.0.2.1",
+                now.replace(tzinfo=dt.UTC),
+                chain=(cert_facts(der),),
+                verdict=verdict,
+            )
+            endpoint_id = svc.call(domains.add, key, host).endpoint_id
+            svc.call(scans.record, endpoint_id, [result], interval_s=3600)
+
+        calendar = svc.read(lambda ctx: overview.calendar(ctx, claimed.account_id))
+    finally:
+        db.dispose()
+
+    assert sorted(calendar.issuers) == sorted(["Keychest Test CA", overview.SELF_SIGNED, overview.PRIVATE_CA])
+    totals: dict[str, int] = {}
+    for month in calendar.counts:
+        for issuer, count in month.items():
+            totals[issuer] = totals.get(issuer, 0) + count
+    assert totals == {"Keychest Test CA": 1, overview.SELF_SIGNED: 2, overview.PRIVATE_CA: 1}
