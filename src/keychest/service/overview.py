@@ -45,6 +45,10 @@ from keychest.store.models import (
 STATE_RANK = {"error": 3, "critical": 2, "warning": 1, "ok": 0}
 CALENDAR_MONTHS = 12
 CALENDAR_ISSUERS = 5  # the biggest issuers get a colour each; the rest are "other"
+# Self-signed certificates each name themselves as issuer, and a private CA's name means
+# little next to public ones: the calendar counts each kind as one issuer.
+SELF_SIGNED = "self-signed"
+PRIVATE_CA = "private CA"
 
 
 def _rank(column: SQLColumnExpression[str | None]) -> ColumnElement[int]:
@@ -166,14 +170,24 @@ def calendar(ctx: Ctx, account_id: int) -> Calendar:
         *((Certificate.not_after < starts[i + 1], i) for i in range(CALENDAR_MONTHS)),
         else_=CALENDAR_MONTHS,
     )
+    untrusted = Certificate.id.in_(
+        select(AddressState.certificate_id).where(
+            AddressState.endpoint_id.in_(account_endpoints(account_id)), AddressState.trusted.is_(False)
+        )
+    )
+    issuer = case(
+        (Certificate.self_signed.is_(True), SELF_SIGNED),
+        (untrusted, PRIVATE_CA),
+        else_=Certificate.issuer_name,
+    )
     rows = ctx.session.execute(
-        select(bucket.label("bucket"), Certificate.issuer_name, func.count(Certificate.id))
+        select(bucket.label("bucket"), issuer.label("issuer"), func.count(Certificate.id))
         .where(
             Certificate.id.in_(_current_certificates(account_id)),
             Certificate.not_after >= starts[0],
             Certificate.not_after < starts[-1],
         )
-        .group_by(bucket, Certificate.issuer_name)
+        .group_by(bucket, issuer)
     ).all()
     totals: dict[str, int] = {}
     for _, issuer, count in rows:
