@@ -389,3 +389,23 @@ class ChannelEvent(Base):
     closed_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (UniqueConstraint("channel_id", "event_key", name="uq_channel_events_channel_key"),)
+
+
+# --- renewal reports (issue 13, migration 0010) ---------------------------------------------------
+
+
+class RenewalReport(Base):
+    """What a machine's hook said about one domain's renewal: `command renewal ...`."""
+
+    __tablename__ = "renewal_reports"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id"))
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    status: Mapped[str] = mapped_column(String(16))  # renewed, failed
+    sha256: Mapped[str | None] = mapped_column(String(64))  # the new leaf's DER SHA-256, hex
+    host: Mapped[str | None] = mapped_column(String(253))  # the reporting machine's name
+    reported_at: Mapped[datetime] = mapped_column(DateTime)
+    ip: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_renewal_reports_endpoint_at", "endpoint_id", "reported_at"),)
