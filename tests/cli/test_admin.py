@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from keychest.client import LineClient
 from keychest.config import Settings
 from keychest.service import accounts, domains, keys, links
 from keychest.service.errors import ServiceError
@@ -128,3 +129,28 @@ def test_key_states_named_alike_in_cli_rest_and_dashboard(live_server: LiveServe
         rest = web.get("/api/v1.0/user", params={"api_key": key}).json()
         assert rest["key_state"] == cli_state(prefix) == "active"
         assert 'key-active">active<' in web.get("/keys").text
+
+
+def test_signed_in_without_mail_the_dashboard_points_at_waiting_keys(live_server: LiveServer) -> None:
+    # The first run without SMTP: the hook claims a key and adds a domain, the operator prints
+    # a sign-in link. Confirming approves no key by itself (issue 10 item 1), so the dashboard
+    # must say where the servers are instead of showing an empty list.
+    email = "newcomer@example.org"
+    with LineClient("127.0.0.1", live_server.line_port) as line:
+        key = line.request("apikey").data or ""
+        assert line.request("add", apikey=key, domain="www.newcomer.test").ok
+        assert line.request("claim", apikey=key, email=email).ok
+    with httpx.Client(base_url=live_server.http_url, timeout=10) as web:
+        link = live_server.cli("signin-link", email, "--public-url", live_server.http_url).stdout.strip()
+        assert web.post(link).status_code == 303
+        for path in ("/", "/servers"):
+            page = web.get(path).text
+            assert 'data-pending-keys="1"' in page and '<a href="/keys">API keys</a>' in page, path
+        assert "www.newcomer.test" not in web.get("/servers").text
+        keys_page = web.get("/keys").text
+        assert "data-pending-keys" not in keys_page  # the page that lists them needs no pointer
+        key_id = keys_page.split('action="/keys/', 1)[1].split("/", 1)[0]
+        csrf = keys_page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        assert web.post(f"/keys/{key_id}/approve", data={"csrf": csrf}).status_code == 303
+        servers = web.get("/servers").text
+        assert "www.newcomer.test" in servers and "data-pending-keys" not in servers

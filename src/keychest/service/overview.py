@@ -60,13 +60,19 @@ class AccountInfo:
     id: int
     email: str
     state: str
+    # Keys claimed for the address that wait for approval by name (issue 10 item 1): their
+    # servers stay out of every view until then, which an empty dashboard would not explain.
+    pending_keys: int = 0
 
 
 def account(ctx: Ctx, account_id: int) -> AccountInfo:
     row = ctx.session.get(Account, account_id)
     if row is None or row.state == AccountState.BLOCKED:
         raise errors.not_found("no such account")
-    return AccountInfo(row.id, row.email, row.state)
+    pending = ctx.session.scalar(
+        select(func.count(ApiKey.id)).where(ApiKey.account_id == row.id, ApiKey.state == KeyState.PENDING)
+    )
+    return AccountInfo(row.id, row.email, row.state, int(pending or 0))
 
 
 # --- tiles -------------------------------------------------------------------------------------
