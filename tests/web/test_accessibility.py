@@ -119,6 +119,21 @@ def test_every_page_at_desktop_and_phone_width(web_env: WebEnv, chromium: Any) -
     page.goto(web_env.url + "/")
     page.click("details.numbers summary")
     check(page, "overview with the calendar's numbers", failures)
+    # At 390 px (where check() left the page) the chart's labels stay readable, and "just now"
+    # and the like stay on one line.
+    label = page.locator("svg.calendar text.axis").first.bounding_box()
+    assert label is not None and label["height"] >= 10, label
+    assert page.locator("td.nowrap").first.evaluate("e => getComputedStyle(e).whiteSpace") == "nowrap"
+    page.goto(web_env.url + "/servers")
+    assert page.locator("td.pills").first.evaluate("e => getComputedStyle(e).display") == "table-cell"
+    # 24-hour times, the settings form included (no AM/PM time picker).
+    page.goto(web_env.url + "/settings")
+    assert page.get_attribute("#weekly_time", "type") in (None, "text")
+    assert page.input_value("#weekly_time").count(":") == 1
+    assert (
+        page.locator("label[for=alerts_enabled]").count() + page.locator("label:has(#alerts_enabled)").count()
+        == 1
+    )
 
     # Failed forms: the field is marked, described by the message and has the focus.
     page.goto(web_env.url + "/servers")
