@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
@@ -28,6 +29,7 @@ class RoleProcess:
     role: str
     extra: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
 
     @property
     def log_path(self) -> Path:
@@ -40,7 +42,8 @@ class RoleProcess:
             "--mail-domain", "keychest.test", "--resolver", loopback_resolver(), *self.extra,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            env = {**os.environ, **self.env}
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while f"keychest {self.role} running" not in self.log():
             if self.proc.poll() is not None or time.monotonic() > deadline:

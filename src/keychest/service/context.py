@@ -16,3 +16,6 @@ class Ctx:
     settings: Settings
     now: datetime
     ip: str | None = None
+    # Due times and leases read the database's clock (scans.database_now) unless a test
+    # drives the service with a clock of its own.
+    database_clock: bool = False

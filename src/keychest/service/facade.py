@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from keychest.config import Settings
 from keychest.service.bulk import BULK_VARIANTS
@@ -154,16 +155,20 @@ class Keychest:
     def close(self) -> None:
         self.db.dispose()
 
+    def _ctx(self, session: Session, now: datetime, ip: str | None) -> Ctx:
+        # The database's clock for due times and leases, unless a test set a clock of its own.
+        return Ctx(session, self.settings, now, ip, self.clock is utcnow)
+
     # ParamSpec: mypy checks every call's arguments against the service function's signature.
     def call(self, fn: Callable[Concatenate[Ctx, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` in a write transaction of its own, committed when it returns."""
         with storage_errors(), self.db.write() as session:
-            return fn(Ctx(session, self.settings, self.clock(), self.ip), *args, **kwargs)
+            return fn(self._ctx(session, self.clock(), self.ip), *args, **kwargs)
 
     def read(self, fn: Callable[Concatenate[Ctx, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` in a read-only transaction."""
         with storage_errors(), self.db.read() as session:
-            return fn(Ctx(session, self.settings, self.clock(), self.ip), *args, **kwargs)
+            return fn(self._ctx(session, self.clock(), self.ip), *args, **kwargs)
 
     def call_batch(self, calls: Sequence[Call]) -> list[Any | ServiceError]:
         """Run calls under one commit. A call that raises ServiceError is rolled back alone.
@@ -186,7 +191,7 @@ class Keychest:
                     items = [(calls[i].ip, calls[i].args) for i in indexes]
                     try:
                         with session.begin_nested():
-                            outs = many(Ctx(session, self.settings, now, None), items)
+                            outs = many(self._ctx(session, now, None), items)
                     except ServiceError as exc:
                         outs = [exc] * len(indexes)
                     for index, out in zip(indexes, outs, strict=True):
@@ -196,7 +201,7 @@ class Keychest:
                     call = calls[index]
                     try:
                         with session.begin_nested():
-                            results[index] = fn(Ctx(session, self.settings, now, call.ip), *call.args)
+                            results[index] = fn(self._ctx(session, now, call.ip), *call.args)
                     except ServiceError as exc:
                         results[index] = exc
         return results

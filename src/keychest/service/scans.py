@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from keychest.scan.judge import CertFacts, State
@@ -42,6 +42,25 @@ def _naive(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
+def database_now(ctx: Ctx) -> datetime:
+    """The database's clock (UTC, naive), for due times and leases.
+
+    Several scanners on several machines share the endpoints: with each process's own clock
+    a node running fast would lease what is not yet due, and one whose skew passes the lease
+    time would take endpoints another is still scanning. The database has one clock for all.
+    """
+    if not ctx.database_clock:
+        return ctx.now
+    if ctx.session.get_bind().dialect.name == "postgresql":
+        value = ctx.session.scalar(text("SELECT timezone('UTC', now())"))
+    else:  # SQLite: one machine, one clock; milliseconds like the rest of the stored times
+        value = ctx.session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return _naive(value)
+
+
 def due_query(now: datetime, limit: int) -> Select[int, str, int]:
     """The endpoints due at ``now``, oldest first, rows other scanners hold skipped."""
     return (
@@ -60,8 +79,9 @@ def lease_due(ctx: Ctx, *, owner: str, limit: int, lease_s: float) -> list[DueEn
     "what is due" and "whose lease ran out": an endpoint whose scanner died comes due again
     when its lease ends. On PostgreSQL, SKIP LOCKED lets many scanners lease side by side.
     """
-    until = ctx.now + timedelta(seconds=lease_s)
-    rows = ctx.session.execute(due_query(ctx.now, limit)).all()
+    now = database_now(ctx)
+    until = now + timedelta(seconds=lease_s)
+    rows = ctx.session.execute(due_query(now, limit)).all()
     if not rows:
         return []
     ctx.session.execute(
@@ -83,7 +103,7 @@ def release_leases(ctx: Ctx, owner: str, endpoint_ids: Sequence[int]) -> int:
     result = ctx.session.execute(
         update(Endpoint)
         .where(Endpoint.id.in_(list(endpoint_ids)), Endpoint.lease_owner == owner)
-        .values(lease_owner=None, lease_until=None, next_scan_at=ctx.now)
+        .values(lease_owner=None, lease_until=None, next_scan_at=database_now(ctx))
     )
     return int(result.rowcount or 0) if isinstance(result, CursorResult) else 0
 
@@ -173,6 +193,7 @@ def record(
 
     ``jitter`` is a fraction (e.g. -0.1..0.1) the caller draws, so this stays deterministic.
     """
+    now = database_now(ctx)
     previous = {
         row.ip: row
         for row in ctx.session.scalars(select(AddressState).where(AddressState.endpoint_id == endpoint_id))
@@ -206,16 +227,16 @@ def record(
                 {"code": p.code, "severity": p.severity.name.lower(), "message": p.message}
                 for p in (verdict.problems if verdict else ())
             ],
-            "last_scan_at": ctx.now,
+            "last_scan_at": now,
             "scan_seconds": result.elapsed,
         }
         if old is None:
             ctx.session.execute(
-                insert(AddressState).values(endpoint_id=endpoint_id, ip=ip, since=ctx.now, **values)
+                insert(AddressState).values(endpoint_id=endpoint_id, ip=ip, since=now, **values)
             )
         else:
             if change is not None:
-                values["since"] = ctx.now
+                values["since"] = now
             ctx.session.execute(update(AddressState).where(AddressState.id == old.id).values(**values))
         history: list[tuple[Change, int | None]] = []
         if change is not None:
@@ -232,7 +253,7 @@ def record(
                 insert(ScanChange).values(
                     endpoint_id=endpoint_id,
                     ip=ip,
-                    at=ctx.now,
+                    at=now,
                     change=kind,
                     certificate_id=cert_id,
                     previous_certificate_id=previous_certificate_id,
@@ -248,7 +269,7 @@ def record(
                 insert(ScanChange).values(
                     endpoint_id=endpoint_id,
                     ip=ip,
-                    at=ctx.now,
+                    at=now,
                     change=Change.ADDRESS_GONE,
                     previous_certificate_id=old.certificate_id,
                 )
@@ -269,13 +290,13 @@ def record(
             and endpoint.next_scan_at < endpoint.lease_until
         )
         if not asked:
-            endpoint.next_scan_at = ctx.now + timedelta(seconds=delay)
+            endpoint.next_scan_at = now + timedelta(seconds=delay)
         endpoint.lease_owner = None
         endpoint.lease_until = None
     # Else our lease ran out and another scanner holds the endpoint now: keep its lease and
     # its next_scan_at, or its own record() would be taken for a stranger's and a third
     # scanner could lease the endpoint while the second is still on it.
-    endpoint.last_scan_at = ctx.now
+    endpoint.last_scan_at = now
     endpoint.last_state = worst
     endpoint.failures = failures
     return Recorded(endpoint_id, worst, tuple(changes))
@@ -434,8 +455,9 @@ class Rescan:
 def _due_now(ctx: Ctx, endpoint: Endpoint) -> Rescan:
     # Never later than it was due already. A leased endpoint (a scan in flight) comes due
     # too: that scan may have connected before the change the caller wants to see.
-    if endpoint.next_scan_at is None or endpoint.next_scan_at > ctx.now:
-        endpoint.next_scan_at = ctx.now
+    now = database_now(ctx)
+    if endpoint.next_scan_at is None or endpoint.next_scan_at > now:
+        endpoint.next_scan_at = now
     return Rescan(
         str(domains.DomainName(endpoint.host, endpoint.port)),
         endpoint.id,
@@ -493,21 +515,23 @@ def rescan(
             return RescanReport(0, tuple(unknown))
         return RescanReport(_mark_due(ctx, wanted), tuple(unknown))
     selected = ctx.session.scalar(select(func.count()).select_from(Endpoint).where(*where)) or 0
+    now = database_now(ctx)
     ctx.session.execute(
         update(Endpoint)
-        .where(*where, Endpoint.next_scan_at > ctx.now)
-        .values(next_scan_at=ctx.now)
+        .where(*where, Endpoint.next_scan_at > now)
+        .values(next_scan_at=now)
         .execution_options(synchronize_session=False)
     )
     return RescanReport(int(selected), ())
 
 
 def _mark_due(ctx: Ctx, endpoint_ids: set[int]) -> int:
+    now = database_now(ctx)
     for chunk in chunks(endpoint_ids):
         ctx.session.execute(
             update(Endpoint)
-            .where(Endpoint.id.in_(chunk), Endpoint.next_scan_at > ctx.now)
-            .values(next_scan_at=ctx.now)
+            .where(Endpoint.id.in_(chunk), Endpoint.next_scan_at > now)
+            .values(next_scan_at=now)
             .execution_options(synchronize_session=False)
         )
     return len(endpoint_ids)
@@ -523,8 +547,9 @@ def schedule_after_add(ctx: Ctx, endpoint_ids: Collection[int]) -> set[int]:
     """
     if not endpoint_ids:
         return set()
-    soon = ctx.now + timedelta(seconds=RESCAN_AFTER_ADD_S)
-    recent = ctx.now - timedelta(seconds=RECENT_SCAN_S)
+    now = database_now(ctx)
+    soon = now + timedelta(seconds=RESCAN_AFTER_ADD_S)
+    recent = now - timedelta(seconds=RECENT_SCAN_S)
     scheduled: set[int] = set()
     for chunk in chunks(endpoint_ids):
         scheduled.update(
@@ -569,10 +594,11 @@ def rescan_after_settings_change(ctx: Ctx, fingerprint: str) -> int | None:
         .where(or_(AddressState.error_kind == "blocked", AddressState.trusted.is_(False)))
         .distinct()
     )
+    now = database_now(ctx)
     result = ctx.session.execute(
         update(Endpoint)
-        .where(Endpoint.id.in_(judged), Endpoint.next_scan_at > ctx.now)
-        .values(next_scan_at=ctx.now)
+        .where(Endpoint.id.in_(judged), Endpoint.next_scan_at > now)
+        .values(next_scan_at=now)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0) if isinstance(result, CursorResult) else 0
