@@ -108,6 +108,16 @@ def _read_targets(targets: Sequence[str], files: Sequence[TextIO]) -> list[Endpo
 )
 @click.option("--no-system-trust", is_flag=True, help="Trust only --ca-file, not the system CA bundle.")
 @click.option(
+    "--client-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Client certificate (PEM, with its chain) for servers that require one (mutual TLS).",
+)
+@click.option(
+    "--client-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Private key of --client-cert (PEM); default: in the --client-cert file.",
+)
+@click.option(
     "--allow-private-targets",
     is_flag=True,
     help="Scan addresses that are not globally routable: loopback, private, link-local, CGNAT, "
@@ -176,6 +186,8 @@ def scan(
     as_json: bool,
     ca_file: str | None,
     no_system_trust: bool,
+    client_cert: str | None,
+    client_key: str | None,
     allow_private_targets: bool,
     warn_days: int,
     crit_days: int,
@@ -199,6 +211,8 @@ def scan(
     endpoints = _read_targets(targets, files)
     if crit_days > warn_days:
         raise click.BadParameter("must not exceed --warn-days", param_hint="--crit-days")
+    if client_key and not client_cert:
+        raise click.BadParameter("needs --client-cert", param_hint="--client-key")
     try:
         options = ScanOptions(
             timeout=timeout,
@@ -212,6 +226,8 @@ def scan(
             per_address_concurrency=per_address,
             revocation=not no_revocation,
             acme_directories=acme_directories,
+            client_cert=client_cert,
+            client_key=client_key,
         )
         Scanner(options)  # fail on a bad CA file or resolver before forking workers
     except (ValueError, OSError) as exc:

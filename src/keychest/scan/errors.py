@@ -19,6 +19,7 @@ class ErrorKind(StrEnum):
     GARBAGE = "garbage"  # the server does not speak TLS at all
     TOO_LARGE = "too_large"  # the server sent more handshake bytes than we accept
     STARTTLS_REFUSED = "starttls_refused"  # the plain-text protocol never gave the go-ahead for TLS
+    CLIENT_CERT_REQUIRED = "client_cert_required"  # mutual TLS, and we had no client certificate to give
 
 
 @dataclass(frozen=True, slots=True)

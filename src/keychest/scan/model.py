@@ -31,6 +31,8 @@ class ScanOptions:
     max_chain_bytes: int = 256 * 1024  # bytes we read from a server before giving up on it
     concurrency: int = 100  # probes in flight at once
     per_address_concurrency: int = 8  # probes in flight against one IP address
+    client_cert: str | None = None  # PEM chain offered to servers that ask for one (mutual TLS)
+    client_key: str | None = None  # its private key (PEM); None: in client_cert's file
     revocation: bool = True  # ask CRLs and OCSP responders (keychest scan --no-revocation)
     acme_directories: tuple[str, ...] = ()  # ACME directories of private CAs, for ARI
 

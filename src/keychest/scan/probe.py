@@ -29,7 +29,58 @@ from keychest.scan.targets import ScanTarget, is_ip_literal
 
 # TLS record content types a server may start with: alert (21) or handshake (22).
 _FIRST_RECORD_TYPES = frozenset({0x15, 0x16})
-_ALERT_REASON = re.compile(r"(^|; )(sslv3 alert|tlsv1 |tlsv13 alert)")
+
+# Every TLS alert by number (RFC 8446 6, RFC 5246 7.2), in OpenSSL's words.
+TLS_ALERTS = {
+    0: "close notify", 10: "unexpected message", 20: "bad record mac", 21: "decryption failed",
+    22: "record overflow", 30: "decompression failure", 40: "handshake failure", 41: "no certificate",
+    42: "bad certificate", 43: "unsupported certificate", 44: "certificate revoked",
+    45: "certificate expired", 46: "certificate unknown", 47: "illegal parameter", 48: "unknown ca",
+    49: "access denied", 50: "decode error", 51: "decrypt error", 60: "export restriction",
+    70: "protocol version", 71: "insufficient security", 80: "internal error",
+    86: "inappropriate fallback", 90: "user cancelled", 100: "no renegotiation",
+    109: "missing extension", 110: "unsupported extension", 111: "certificate unobtainable",
+    112: "unrecognized name", 113: "bad certificate status response", 114: "bad certificate hash value",
+    115: "unknown psk identity", 116: "certificate required", 120: "no application protocol",
+}  # fmt: skip
+# The alert a server sent, whatever the library calls it: OpenSSL up to 3.1 says
+# "sslv3 alert handshake failure", "tlsv1 alert unknown ca", "tlsv13 alert certificate
+# required" or "tlsv1 unrecognized name"; 3.2 and later (the one bundled with
+# `cryptography`) say "tls alert handshake failure"; an alert without a name is "alert number 40".
+_ALERT_REASON = re.compile(
+    r"\b(?:sslv3|tlsv1|tlsv13|tls|ssl)(?: alert)? ("
+    + "|".join(sorted(TLS_ALERTS.values(), key=len, reverse=True))
+    + r")\b|\balert number (\d+)"
+)
+# What a server that wants a client certificate answers when it gets none.
+_CLIENT_CERT_ALERTS = frozenset(
+    {
+        "handshake failure",
+        "bad certificate",
+        "unsupported certificate",
+        "certificate unknown",
+        "certificate required",
+    }
+)
+# And what it answers to a client certificate it does not accept.
+_CLIENT_CERT_REFUSED = _CLIENT_CERT_ALERTS | {
+    "unknown ca",
+    "certificate expired",
+    "certificate revoked",
+    "access denied",
+    "decrypt error",
+}
+
+
+def tls_alert(text: str) -> str | None:
+    """The name of the TLS alert an OpenSSL error text reports, or None if it is not one."""
+    match = _ALERT_REASON.search(text.lower())
+    if match is None:
+        return None
+    if match.group(1):
+        return match.group(1)
+    number = int(match.group(2))
+    return TLS_ALERTS.get(number, f"alert {number}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +130,15 @@ def _reasons(exc: SSL.Error) -> list[str]:
 
 
 def _classify_ssl_error(exc: SSL.Error) -> ScanFailure:
-    reasons = _reasons(exc)
-    text = "; ".join(reasons)
+    return classify_reason("; ".join(_reasons(exc)))
+
+
+def classify_reason(text: str) -> ScanFailure:
+    """The error kind of an OpenSSL handshake failure, from its reason text."""
     lowered = text.lower()
-    # OpenSSL names every alert it receives "sslv3 alert ...", "tlsv1 ..." or "tlsv13 alert ...".
-    if _ALERT_REASON.search(lowered):
-        return ScanFailure(ErrorKind.TLS_ALERT, f"server sent TLS alert: {text}")
+    alert = tls_alert(text)
+    if alert is not None:
+        return ScanFailure(ErrorKind.TLS_ALERT, f"server sent TLS alert {alert} ({text})")
     if "excessive message size" in lowered:
         return ScanFailure(ErrorKind.TOO_LARGE, f"server's handshake message is too large: {text}")
     if any(word in lowered for word in ("wrong version number", "packet length too long", "record layer")):
@@ -230,10 +284,27 @@ class _HandshakeProtocol(asyncio.Protocol):
 class TLSClient:
     """Runs probes. Build one per scanner: it owns the shared OpenSSL context."""
 
-    def __init__(self, timeout: float, max_bytes: int = 256 * 1024) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        max_bytes: int = 256 * 1024,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+    ) -> None:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.context = make_client_context()
+        self.client_cert = client_cert
+        if client_cert:
+            # Offered to servers that ask (mutual TLS); a bad pair is the user's error, at once.
+            try:
+                self.context.use_certificate_chain_file(client_cert)
+                self.context.use_privatekey_file(client_key or client_cert)
+                self.context.check_privatekey()
+            except SSL.Error as exc:
+                raise ValueError(
+                    f"cannot use client certificate {client_cert}: {'; '.join(_reasons(exc))}"
+                ) from None
 
     async def probe(self, target: ScanTarget) -> ProbeResult:
         """Connect to `target.ip` (never re-resolving `target.host`) and shake hands with SNI."""
@@ -281,7 +352,7 @@ class TLSClient:
                 what = f"{protocol.starttls.name} STARTTLS negotiation"
             return result(ScanError(ErrorKind.TIMEOUT, f"{what} did not finish within {self.timeout:g}s"))
         except ScanFailure as failure:
-            return result(failure.error)
+            return self._failed(failure.error, connection, result)
         except ConnectionRefusedError:
             return result(ScanError(ErrorKind.REFUSED, "connection refused"))
         except OSError as exc:
@@ -304,3 +375,31 @@ class TLSClient:
         if not chain:
             return result(ScanError(ErrorKind.HANDSHAKE, "server sent no certificate"))
         return result(None, chain, version, cipher)
+
+    def _failed(
+        self,
+        error: ScanError,
+        connection: SSL.Connection,
+        result: Callable[..., ProbeResult],
+    ) -> ProbeResult:
+        """A failed handshake; but a TLS 1.2 server that wants a client certificate has sent
+        its own before refusing us, and that certificate is still reported (as check_ssl_cert
+        and sslyze do), with `client_cert_required` when we had none to give."""
+        alert = tls_alert(error.message) if error.kind == ErrorKind.TLS_ALERT else None
+        if alert not in (_CLIENT_CERT_ALERTS if self.client_cert is None else _CLIENT_CERT_REFUSED):
+            return result(error)
+        peer_chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+        chain = tuple(cert.public_bytes(Encoding.DER) for cert in peer_chain)
+        if not chain:
+            return result(error)
+        if self.client_cert is None:
+            error = ScanError(
+                ErrorKind.CLIENT_CERT_REQUIRED,
+                f"server requires a client certificate (it answered ours, none, with TLS alert {alert});"
+                " give one with --client-cert and --client-key",
+            )
+        else:
+            error = ScanError(
+                ErrorKind.TLS_ALERT, f"server refused our client certificate: TLS alert {alert}"
+            )
+        return result(error, chain)

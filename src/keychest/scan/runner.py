@@ -96,7 +96,9 @@ class Scanner:
         self.options = options
         self.trust_store = trust_store or load_trust_store(options.ca_file, options.system_trust)
         self.resolver = Resolver(options.timeout, options.resolver)
-        self.client = TLSClient(options.timeout, options.max_chain_bytes)
+        self.client = TLSClient(
+            options.timeout, options.max_chain_bytes, options.client_cert, options.client_key
+        )
         # CRL, OCSP and ARI answers are cached here, for every endpoint this scanner sees.
         self.fetcher = Fetcher(
             self.resolver,
@@ -218,7 +220,7 @@ class Scanner:
                 elapsed=probe.elapsed,
             )
 
-        if probe.error is not None:
+        if probe.error is not None and not probe.chain:
             return result(probe.error)
         try:
             chain = chain_facts(probe.chain)
@@ -237,7 +239,9 @@ class Scanner:
         lifetime = lifetime_problem(chain[0]) if self._publicly_trusted(verdict, chain) else None
         if lifetime is not None:
             verdict = verdict.with_problem(lifetime)
-        return result(None, chain, verdict)
+        # A certificate sent before the handshake failed (a server that wants a client
+        # certificate) is judged and shown, and the row stays an error.
+        return result(probe.error, chain, verdict)
 
     def _publicly_trusted(self, verdict: Verdict, chain: tuple[CertFacts, ...]) -> bool:
         """Trusted through the system's CA bundle: the lifetime policy binds public CAs only."""
