@@ -48,6 +48,8 @@ def test_every_scanned_address_has_its_not_after(web_env: WebEnv) -> None:
     assert value("keychest_ssl_cert_trusted", "www.alpha.test") == 1
     assert value("keychest_ssl_cert_hostname_ok", "www.alpha.test") == 1
     assert 88 < value("keychest_ssl_cert_days_left", "www.alpha.test") <= 90
+    # Issue 11 item 7: the documented days_left (floor), the "4 days" of the dashboard and mails.
+    assert value("keychest_ssl_cert_days_left", "api.alpha.test") == 4
     assert value("keychest_ssl_cert_days_left", "old.alpha.test") < 0
     assert value("keychest_probe_duration_seconds", "www.alpha.test") > 0
     # Scans done by this process's scanner are counted and timed too.

@@ -153,7 +153,8 @@ class ScanResultsCollector(Collector):
             if row.not_after is not None:
                 expiry = _epoch(row.not_after)
                 not_after.add_metric(labels, expiry)
-                days_left.add_metric(labels, round((expiry - now) / 86400, 3))
+                # The scanner's days_left (whole days, rounded down), as every view and mail says.
+                days_left.add_metric(labels, float((expiry - now) // 86400))
             if row.trusted is not None:
                 trusted.add_metric(labels, 1.0 if row.trusted else 0.0)
             if row.hostname_ok is not None:
