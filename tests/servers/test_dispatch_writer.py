@@ -115,6 +115,7 @@ def test_dispatcher_hands_every_write_command_to_the_writer(service: Keychest) -
         ("v-apikey", "v-email"),
         ("v-apikey", "v-domain"),
         ("v-apikey", "v-domain"),
+        ("v-apikey", "v-domain", "v-status", None, None),  # renewal: sha256 and host optional
     ]
     assert {c.ip for c in submitted} == {"192.0.2.7"}
 

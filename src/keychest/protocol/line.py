@@ -38,6 +38,11 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("claim", ("apikey", "email"), "command claim apikey K email E"),
         CommandSpec("add", ("apikey", "domain"), "command add apikey K domain D[:port]"),
         CommandSpec("expiration", ("apikey", "domain"), "command expiration apikey K domain D[:port]"),
+        CommandSpec(
+            "renewal",
+            ("apikey", "domain", "status"),
+            "command renewal apikey K domain D status S [sha256 H] [host N]",
+        ),
         CommandSpec("ping", (), "command ping"),
         CommandSpec("maildomain", (), "command maildomain"),
         CommandSpec("help", (), "command help"),

@@ -18,7 +18,7 @@ from typing import Any
 
 from keychest.protocol.line import Request, Response, help_text
 from keychest.servers.ratelimit import SlidingWindow
-from keychest.service import accounts, domains, keys, scans
+from keychest.service import accounts, domains, keys, renewals, scans
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Call, Keychest
 
@@ -75,12 +75,19 @@ def _expiration(facts: scans.ExpirationFacts) -> Response:
     return Response(200, text, data=" ".join(words))
 
 
-# The writes: the service function, the request keys it takes in order, and the answer.
+def _renewal(reported: renewals.Reported) -> Response:
+    scheduled = "; scan scheduled" if reported.scan_scheduled else ""
+    return Response(200, f"renewal {reported.status} recorded for {reported.domain}{scheduled}")
+
+
+# The writes: the service function, the request keys it takes in order (a trailing "?" marks
+# an optional one: None when absent), and the answer.
 WRITES: dict[str, tuple[Callable[..., Any], tuple[str, ...], Callable[[Any], Response]]] = {
     "apikey": (keys.create, (), _issued),
     "claim": (accounts.claim, ("apikey", "email"), _claimed),
     "add": (domains.add, ("apikey", "domain"), _added),
-    "expiration": (scans.expiration_facts, ("apikey", "domain"), _expiration),
+    "expiration": (renewals.expiration_facts, ("apikey", "domain"), _expiration),
+    "renewal": (renewals.report, ("apikey", "domain", "status", "sha256?", "host?"), _renewal),
 }
 
 # A line API user who meets 401 is told how to get a key (REST keeps the bare text).
@@ -125,5 +132,8 @@ class Dispatcher:
             return Response(429, "too many new API keys from your address; slow down")
         # parse_request admits only the commands of protocol.line.COMMANDS: the rest are writes.
         fn, names, finish = WRITES[cmd]
-        self.submit(Call(fn, tuple(request.get(name) for name in names), ip), finish, deliver)
+        args = tuple(
+            request.args.get(name[:-1]) if name.endswith("?") else request.get(name) for name in names
+        )
+        self.submit(Call(fn, args, ip), finish, deliver)
         return None

@@ -16,8 +16,9 @@ from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from keychest.notify import alerts as alert_rules
+from keychest.notify import renewals as renewal_rules
 from keychest.notify.facts import AddressFacts, CertChange, CertInfo, EndpointFacts
-from keychest.service import domains, outbox, preferences, visibility
+from keychest.service import domains, outbox, preferences, renewals, visibility
 from keychest.service.context import Ctx
 from keychest.service.scans import stored_problems
 from keychest.states import AccountState, Change
@@ -176,6 +177,7 @@ def run_pass(ctx: Ctx) -> PassResult:
     all_ids = sorted({e for ids in mapping.values() for e in ids})
     facts = endpoint_facts(ctx, all_ids)
     changes = certificate_changes(ctx, all_ids)
+    renewal_failures, undeployed = renewals.alert_facts(ctx, all_ids)
     mails = total = 0
     for account in accounts:
         ids = mapping.get(account.id, [])
@@ -194,6 +196,11 @@ def run_pass(ctx: Ctx) -> PassResult:
                 warn_days=ctx.settings.scan.warn_days,
                 crit_days=ctx.settings.scan.crit_days,
             ),
+        )
+        found += renewal_rules.decide(
+            [f for f in renewal_failures if f.endpoint_id in mine],
+            [u for u in undeployed if u.endpoint_id in mine],
+            sent_keys(ctx, account.id),
         )
         if not found:
             continue
@@ -214,6 +221,9 @@ def run_pass(ctx: Ctx) -> PassResult:
 def activity_marker(ctx: Ctx) -> tuple[int, int]:
     """Changes worth an early alert pass: new scan history rows, newly confirmed accounts."""
     last_change = ctx.session.scalar(select(func.max(ScanChange.id))) or 0
+    # A renewal report (a failure to alert at once) counts as activity too: both ids only grow,
+    # so their sum changes whenever either table gains a row.
+    last_change += renewals.last_report_id(ctx)
     active = (
         ctx.session.scalar(
             select(func.count()).select_from(Account).where(Account.state == AccountState.ACTIVE)
