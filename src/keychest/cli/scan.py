@@ -168,6 +168,11 @@ def _read_targets(targets: Sequence[str], files: Sequence[TextIO]) -> list[Endpo
     help="Processes to spread the handshakes over (for thousands of targets).",
 )
 @click.option(
+    "--no-old-protocols",
+    is_flag=True,
+    help="Skip the extra handshake that checks whether TLS 1.0/1.1 are still accepted (old_protocol).",
+)
+@click.option(
     "--no-revocation",
     is_flag=True,
     help="Do not ask CRLs and OCSP responders whether the certificates were revoked.",
@@ -196,6 +201,7 @@ def scan(
     concurrency: int,
     per_address: int,
     workers: int,
+    no_old_protocols: bool,
     no_revocation: bool,
     acme_directories: tuple[str, ...],
 ) -> None:
@@ -225,6 +231,7 @@ def scan(
             concurrency=concurrency,
             per_address_concurrency=per_address,
             revocation=not no_revocation,
+            old_protocols=not no_old_protocols,
             acme_directories=acme_directories,
             client_cert=client_cert,
             client_key=client_key,

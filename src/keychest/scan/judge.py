@@ -576,6 +576,15 @@ def judge(
     )
 
 
+def old_protocol_problem(version: str) -> Problem:
+    """A server that still accepts TLS 1.0 or 1.1 (found by a handshake offering only those)."""
+    return Problem(
+        "old_protocol",
+        Severity.WARNING,
+        f"server accepts {version}, deprecated since 2021 (RFC 8996): allow TLS 1.2 and 1.3 only",
+    )
+
+
 # --- across addresses ----------------------------------------------------------------------
 
 

@@ -33,6 +33,8 @@ class ScanOptions:
     per_address_concurrency: int = 8  # probes in flight against one IP address
     client_cert: str | None = None  # PEM chain offered to servers that ask for one (mutual TLS)
     client_key: str | None = None  # its private key (PEM); None: in client_cert's file
+    # One more handshake, offering only TLS 1.0/1.1, after a successful one (old_protocol).
+    old_protocols: bool = True
     revocation: bool = True  # ask CRLs and OCSP responders (keychest scan --no-revocation)
     acme_directories: tuple[str, ...] = ()  # ACME directories of private CAs, for ARI
 

@@ -294,23 +294,29 @@ class TLSClient:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.context = make_client_context()
+        # For the one extra handshake that asks whether TLS 1.0 or 1.1 is still accepted.
+        self.old_context = make_client_context()
+        self.old_context.set_min_proto_version(SSL.TLS1_VERSION)
+        self.old_context.set_max_proto_version(SSL.TLS1_1_VERSION)
         self.client_cert = client_cert
         if client_cert:
             # Offered to servers that ask (mutual TLS); a bad pair is the user's error, at once.
             try:
-                self.context.use_certificate_chain_file(client_cert)
-                self.context.use_privatekey_file(client_key or client_cert)
-                self.context.check_privatekey()
+                for context in (self.context, self.old_context):
+                    context.use_certificate_chain_file(client_cert)
+                    context.use_privatekey_file(client_key or client_cert)
+                    context.check_privatekey()
             except SSL.Error as exc:
                 raise ValueError(
                     f"cannot use client certificate {client_cert}: {'; '.join(_reasons(exc))}"
                 ) from None
 
-    async def probe(self, target: ScanTarget) -> ProbeResult:
-        """Connect to `target.ip` (never re-resolving `target.host`) and shake hands with SNI."""
+    async def probe(self, target: ScanTarget, *, old: bool = False) -> ProbeResult:
+        """Connect to `target.ip` (never re-resolving `target.host`) and shake hands with SNI;
+        with `old`, offering only TLS 1.0 and 1.1."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        connection = SSL.Connection(self.context, None)
+        connection = SSL.Connection(self.old_context if old else self.context, None)
         connection.set_connect_state()
         connection.request_ocsp()
         if not is_ip_literal(target.host):

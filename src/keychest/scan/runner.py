@@ -27,7 +27,16 @@ from keychest.scan.checks import AriChecker, RevocationChecker
 from keychest.scan.errors import ErrorKind, ScanError, ScanFailure
 from keychest.scan.fetch import Fetcher
 from keychest.scan.guard import blocked_message, check_address
-from keychest.scan.judge import CertFacts, Problem, TrustStore, Verdict, chain_facts, judge, utc_now
+from keychest.scan.judge import (
+    CertFacts,
+    Problem,
+    TrustStore,
+    Verdict,
+    chain_facts,
+    judge,
+    old_protocol_problem,
+    utc_now,
+)
 from keychest.scan.lifetime import lifetime_problem
 from keychest.scan.model import AddressResult, ScanOptions, mark_stale_deployments
 from keychest.scan.probe import ProbeResult, TLSClient
@@ -193,7 +202,14 @@ class Scanner:
                 return AddressResult(endpoint, target.ip, utc_now(), error=error)
             async with self._address_slot(target.ip, parking):
                 probe = await self.client.probe(target)
+                old = None
+                if self.options.old_protocols and probe.ok:
+                    old = await self.client.probe(target, old=True)
             result = self.judge_probe(probe)
+            if old is not None and old.ok and old.tls_version and result.verdict is not None:
+                result = dataclasses.replace(
+                    result, verdict=result.verdict.with_problem(old_protocol_problem(old.tls_version))
+                )
             if result.verdict is not None and result.chain:
                 result = await self.check_renewal(result, probe.stapled_ocsp)
             return result
