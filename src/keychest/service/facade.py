@@ -170,7 +170,7 @@ class Keychest:
         with storage_errors(), self.db.read() as session:
             return fn(self._ctx(session, self.clock(), self.ip), *args, **kwargs)
 
-    def call_batch(self, calls: Sequence[Call]) -> list[Any | ServiceError]:
+    def call_batch(self, calls: Sequence[Call]) -> list[object]:
         """Run calls under one commit. A call that raises ServiceError is rolled back alone.
 
         Calls of a function with a bulk variant (service.bulk) run together through it, in a
@@ -179,7 +179,8 @@ class Keychest:
         and none has been reported ok. A database that cannot take the batch raises
         StorageUnavailable (see its ``retry``).
         """
-        results: list[Any | ServiceError] = [None] * len(calls)
+        # Each call's value or its ServiceError: callers tell them apart with isinstance.
+        results: list[object] = [None] * len(calls)
         groups: dict[Callable[..., Any], list[int]] = {}
         for index, call in enumerate(calls):
             groups.setdefault(call.fn, []).append(index)
