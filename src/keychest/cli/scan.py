@@ -21,7 +21,7 @@ import click
 from keychest.scan.model import AddressResult, ScanOptions
 from keychest.scan.report import exit_status, render_table, results_to_json
 from keychest.scan.runner import Scanner
-from keychest.scan.targets import Endpoint, parse_endpoint, parse_target_lines
+from keychest.scan.targets import Endpoint, parse_endpoint, parse_resolve, parse_target_lines
 
 T = TypeVar("T")
 
@@ -137,6 +137,14 @@ def _read_targets(targets: Sequence[str], files: Sequence[TextIO]) -> list[Endpo
     show_default=True,
     help="Critical when fewer full days of validity remain.",
 )
+@click.option(
+    "--resolve",
+    "resolve",
+    multiple=True,
+    metavar="HOST:PORT:ADDRESS",
+    help="Connect to ADDRESS for HOST:PORT instead of resolving HOST, the name still used for SNI"
+    " and the name check (curl's syntax; repeatable): one backend behind a load balancer.",
+)
 @click.option("--resolver", metavar="IP[:PORT]", help="Ask this DNS server instead of the system resolver.")
 @click.option(
     "--timeout",
@@ -196,6 +204,7 @@ def scan(
     allow_private_targets: bool,
     warn_days: int,
     crit_days: int,
+    resolve: tuple[str, ...],
     resolver: str | None,
     timeout: float,
     concurrency: int,
@@ -217,6 +226,12 @@ def scan(
     endpoints = _read_targets(targets, files)
     if crit_days > warn_days:
         raise click.BadParameter("must not exceed --warn-days", param_hint="--crit-days")
+    pinned = []
+    for text in resolve:
+        try:
+            pinned.append(parse_resolve(text))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--resolve") from None
     if client_key and not client_cert:
         raise click.BadParameter("needs --client-cert", param_hint="--client-key")
     try:
@@ -232,6 +247,7 @@ def scan(
             per_address_concurrency=per_address,
             revocation=not no_revocation,
             old_protocols=not no_old_protocols,
+            resolve=tuple(pinned),
             acme_directories=acme_directories,
             client_cert=client_cert,
             client_key=client_key,

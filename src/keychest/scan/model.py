@@ -35,6 +35,8 @@ class ScanOptions:
     client_key: str | None = None  # its private key (PEM); None: in client_cert's file
     # One more handshake, offering only TLS 1.0/1.1, after a successful one (old_protocol).
     old_protocols: bool = True
+    # (host, port, address): connect there instead of resolving host (curl's --resolve).
+    resolve: tuple[tuple[str, int, str], ...] = ()
     revocation: bool = True  # ask CRLs and OCSP responders (keychest scan --no-revocation)
     acme_directories: tuple[str, ...] = ()  # ACME directories of private CAs, for ARI
 

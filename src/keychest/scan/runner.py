@@ -180,8 +180,12 @@ class Scanner:
 
         A name that does not resolve gives a single result with `ip=None` and the error.
         """
+        # --resolve: this name and port go to the addresses given (curl's meaning), unresolved.
+        pinned = [
+            ip for host, port, ip in self.options.resolve if (host, port) == (endpoint.host, endpoint.port)
+        ]
         try:
-            addresses = await self.resolver.resolve(endpoint.host)
+            addresses = pinned or await self.resolver.resolve(endpoint.host)
         except ScanFailure as failure:
             return [AddressResult(endpoint, None, utc_now(), error=failure.error)]
         parking = _Parking(self, len(addresses))

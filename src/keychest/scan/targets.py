@@ -274,6 +274,21 @@ def _normalise_host(host: str, strict: bool) -> str:
     return _normalise_name(host, strict)
 
 
+def parse_resolve(text: str) -> tuple[str, int, str]:
+    """curl's `--resolve HOST:PORT:ADDRESS` (the address may be in [brackets]): the name as
+    every target's name is normalised, so it meets the endpoint it is meant for."""
+    host, sep, rest = text.partition(":")
+    port_text, sep2, address = rest.partition(":")
+    if not sep or not sep2 or not host or not address:
+        raise TargetError("expected HOST:PORT:ADDRESS, e.g. www.example.net:443:192.0.2.10")
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+    ip = parse_ip(address)
+    if ip is None:
+        raise TargetError(f"not an IP address: {address[:50]!r}")
+    return _normalise_host(host, False), _parse_port(port_text), ip.compressed
+
+
 def parse_target_lines(lines: Iterable[str], default_port: int = DEFAULT_PORT) -> list[Endpoint]:
     """Parse a targets file (lenient): one target per line; blank lines and `#` comments are skipped."""
     endpoints = []
