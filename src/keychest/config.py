@@ -41,6 +41,10 @@ class LineServerSettings:
     tls_listen: tuple[str, int] | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    # A PROXY protocol header (v1 or v2) names the client on connections from these networks
+    # (--proxy-protocol, --trusted-proxies); HTTP trusts their X-Forwarded-For the same way.
+    proxy_protocol: bool = False
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,19 @@ from keychest.scan.model import ScanOptions
     help="Scan loopback/private/link-local addresses too (intranet installs, tests).",
 )
 @env_option(
+    "--proxy-protocol",
+    is_flag=True,
+    default=False,
+    help="Line API connections from --trusted-proxies start with a PROXY protocol header "
+    "(v1 or v2) naming the client; one from any other address is refused.",
+)
+@env_option(
+    "--trusted-proxies",
+    default="",
+    help="Load balancers (CIDR,...) whose PROXY header (line API) and X-Forwarded-For (HTTP) "
+    "name the client address. [default: none]",
+)
+@env_option(
     "--migrate",
     is_flag=True,
     default=False,
@@ -218,6 +231,8 @@ def serve(
     webhook_urls: tuple[str, ...],
     webhook_secret_file: str | None,
     migrate: bool,
+    proxy_protocol: bool,
+    trusted_proxies: str,
     log_level: str,
 ) -> None:
     """Run the line API, the HTTP server and the background work on one database."""
@@ -231,6 +246,9 @@ def serve(
     http_host, http_port = parse_listen(http_listen, "127.0.0.1")
     if line_tls_listen and not (tls_cert and tls_key):
         raise click.UsageError("--line-tls-listen needs --tls-cert and --tls-key")
+    proxies = _trusted_proxies(trusted_proxies)
+    if proxy_protocol and not proxies:
+        raise click.UsageError("--proxy-protocol needs --trusted-proxies (the balancers' addresses)")
     settings = Settings(
         db_url=resolve_db_url(db_url, data_dir),
         data_dir=data_dir,
@@ -244,6 +262,8 @@ def serve(
             tls_listen=parse_listen(line_tls_listen) if line_tls_listen else None,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            proxy_protocol=proxy_protocol,
+            trusted_proxies=proxies,
         ),
         http_host=http_host,
         http_port=http_port,
@@ -291,6 +311,15 @@ def serve(
         run_process(Process(settings))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _trusted_proxies(text: str) -> tuple[str, ...]:
+    from keychest.protocol.proxy import parse_networks
+
+    try:
+        return tuple(str(network) for network in parse_networks(text.split(",")))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trusted-proxies") from None
 
 
 def _metrics_token(path: str | None) -> str | None:

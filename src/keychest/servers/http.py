@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from keychest.config import Settings
+from keychest.protocol.proxy import parse_networks
 
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -107,6 +108,10 @@ def http_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
         limit_concurrency=settings.http_max_connections,
         # A request head (line and headers) may be this large before h11 refuses it (400).
         h11_max_incomplete_event_size=16 * 1024,
+        # X-Forwarded-For/-Proto only from --trusted-proxies (uvicorn would trust 127.0.0.1 by
+        # default): the client address behind the balancer, for quotas and the audit log.
+        proxy_headers=bool(settings.line.trusted_proxies),
+        forwarded_allow_ips=[str(n) for n in parse_networks(settings.line.trusted_proxies)],
     )
     # uvicorn catches SIGTERM/SIGINT while it serves and sets should_exit: its task then ends,
     # which stops the process like our own handlers do.

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from keychest.config import LineServerSettings
+from keychest.protocol import proxy
 from keychest.protocol.line import LineError, LineFramer, Response, format_response, parse_request
 from keychest.servers.dispatch import Deliver, Dispatcher, result_response
 from keychest.service.errors import StorageUnavailable
@@ -39,6 +40,9 @@ MAX_PENDING_PER_CONNECTION = 64
 OVERLOADED = format_response(Response(503, "too many connections; retry later"))
 OVERLOADED_BY_YOU = format_response(Response(503, "too many connections from your address; retry later"))
 TOO_LONG = format_response(LineError(413, "line too long").response())
+PROXY_REFUSED = format_response(
+    Response(403, "PROXY header from an address that is not a trusted proxy (--trusted-proxies)")
+)
 
 
 class WriteBatcher:
@@ -180,6 +184,10 @@ class _Slot:
         self.connection._flush()
 
 
+def _proxy_like(data: bytes) -> bool:
+    return data.startswith(proxy.V1_PREFIX) or data.startswith(proxy.V2_SIGNATURE[:8])
+
+
 class LineConnection(asyncio.Protocol):
     """One client: requests in, answers out in the same order, each in one write."""
 
@@ -197,6 +205,10 @@ class LineConnection(asyncio.Protocol):
         self.writing_paused = False
         self.last_activity = 0.0
         self.pause_timer: asyncio.TimerHandle | None = None
+        # --proxy-protocol: a trusted proxy's connection starts with a header naming the client;
+        # None once it was read (or when none is expected).
+        self.proxy_buffer: bytes | None = None
+        self.first_bytes = True
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -208,6 +220,15 @@ class LineConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else None
         self.last_activity = server.loop.time()
+        if server.proxy_protocol and proxy.is_trusted(self.ip, server.trusted_proxies):
+            # Admitted (counted per address) once the header says whose connection it is.
+            self.proxy_buffer = b""
+            return
+        self._admit()
+
+    def _admit(self) -> None:
+        assert self.transport is not None
+        server = self.server
         client = client_key(self.ip)
         refusal = server.admission.admit(client)
         if refusal is not None:
@@ -220,6 +241,15 @@ class LineConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.proxy_buffer is not None:
+            data = self._proxy_header(self.proxy_buffer + data)
+            if not data:
+                return
+        elif self.first_bytes and self.server.proxy_protocol and _proxy_like(data):
+            # Anyone may type a PROXY header; only a trusted proxy's names the client.
+            self._refuse(PROXY_REFUSED, 403)
+            return
+        self.first_bytes = False
         for line in self.framer.feed(data):
             self._request(line)
         if self.framer.overflowed:
@@ -243,6 +273,29 @@ class LineConnection(asyncio.Protocol):
         # Plain TCP: keep the socket open for writing until every answer went out. TLS cannot
         # half-close (asyncio closes after the peer's close_notify whatever this returns).
         return self.server.tls is None
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        """Read the PROXY header from a trusted proxy; returns the client's bytes after it."""
+        try:
+            header = proxy.parse(data)
+        except proxy.ProxyError as exc:
+            self.proxy_buffer = None
+            self._refuse(format_response(Response(400, str(exc))), 400)
+            return b""
+        if header is None:
+            self.proxy_buffer = data
+            return b""
+        self.proxy_buffer = None
+        if header.source is not None:  # else LOCAL/UNKNOWN: the proxy's own health check
+            self.ip = header.source
+        self._admit()
+        return b"" if self.closing else data[header.length :]
+
+    def _refuse(self, answer: bytes, code: int) -> None:
+        if self.transport is not None:
+            self.transport.write(answer)
+        self.server.count("invalid", code)
+        self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -363,6 +416,10 @@ class LineServer:
         self.on_response = on_response
         self.admission = admission or Admission(settings.max_connections, settings.max_connections_per_ip)
         self.tls = tls
+        # Before a TLS handshake there is no place for a PROXY header in asyncio's TLS
+        # listener: the header is read on the plain listener only.
+        self.proxy_protocol = settings.proxy_protocol and tls is None
+        self.trusted_proxies = proxy.parse_networks(settings.trusted_proxies)
         self.host = settings.host if host is None else host
         self.port = settings.port if port is None else port
         self.connections: set[LineConnection] = set()
