@@ -84,7 +84,7 @@ def test_a_long_key_in_the_state_file_is_replaced(tree: CertbotTree) -> None:
         )
         run = deploy(tree, server.port)
     assert "not of key shape" in run.stderr
-    assert server.commands() == ["apikey", "claim", "add"]
+    assert server.commands() == ["apikey", "claim", "add", "renewal"]
     assert re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{8}){4}", tree.state_values()["apikey"])
 
 

@@ -81,7 +81,7 @@ def test_pinned_key_delivers_over_tls(tree: CertbotTree, ca: trustme.CA) -> None
     context, leaf = server_context(ca, "keychest.internal")
     with fake_server(keychest_like(), tls=context) as server:
         run = deploy(tree, server, KEYCHEST_PIN=pin_of(leaf))
-    assert server.commands() == ["apikey", "claim", "add"], run.stderr
+    assert server.commands() == ["apikey", "claim", "add", "renewal"], run.stderr
     assert server.handshakes == 2  # the key is checked on the first, the requests go on the second
     assert "added www.example.net" in run.stderr
     assert tree.spooled() == []
@@ -111,7 +111,7 @@ def test_ca_file_and_name_deliver(tree: CertbotTree, ca: trustme.CA, tmp_path: P
     ca_file = write_pem(tmp_path / "ca.pem", ca.cert_pem)
     with fake_server(keychest_like(), tls=context) as server:
         run = deploy(tree, server, host=host, KEYCHEST_CA_FILE=ca_file)
-    assert server.commands() == ["apikey", "claim", "add"], run.stderr
+    assert server.commands() == ["apikey", "claim", "add", "renewal"], run.stderr
     assert tree.spooled() == []
 
 
@@ -230,5 +230,5 @@ def test_moving_to_the_tls_port_keeps_the_key(tree: CertbotTree, ca: trustme.CA)
         deploy(tree, plain)
         key = tree.state_values()["apikey"]
         run = deploy(tree, tls, KEYCHEST_PIN=pin_of(leaf))
-    assert tls.commands() == ["add"], run.stderr  # no new key, no new claim
+    assert tls.commands() == ["add", "renewal"], run.stderr  # no new key, no new claim
     assert tree.state_values()["apikey"] == key

@@ -14,7 +14,8 @@
 # certbot's log of the current run, completed from the lineage's certificate), finds an
 # email (setting, Let's Encrypt account, renewal-hooks/keychest_email, else a placeholder
 # at the server's mail domain), then: `command apikey` once, `command claim`, and
-# `command add` per domain. State (API key, claim) lives in renewal-hooks/keychest_apikey
+# `command add` per domain, and `command renewal` for what certbot renewed (with the new
+# certificate's SHA-256) or failed to renew. State (API key, claim) lives in renewal-hooks/keychest_apikey
 # (mode 600); undelivered domains wait in renewal-hooks/keychest_spool for the next run.
 # It never fails certbot: it exits 0 and the whole run is bounded (KEYCHEST_TIME_BUDGET + 3 s).
 # It runs as root and trusts nothing it reads: see docs/hook.md, "What it defends".
@@ -50,6 +51,7 @@ WORK=""
 NET_OK=1
 declare -a DOMAINS=()
 declare -A SEEN=()
+declare -A RENEWAL=()   # domain -> "renewed [SHA-256]" or "failed": what `command renewal` reports
 KEY_SHAPE='^[0-9a-f]{8}(-[0-9a-f]{8}){4}$'   # what `command apikey` hands out, exactly
 STORED_KEY_SHAPE='^[A-Za-z0-9-]{16,64}$'      # what the server accepts (a key written by hand)
 MAX_DOMAINS=1000                              # per run, spool included
@@ -388,6 +390,66 @@ add_cert_names() {  # add_cert_names LINEAGE-NAME
   cert=$(conf_value "$conf" cert)
   [[ -f $cert ]] || cert=$CONFIG/live/$1/cert.pem
   while IFS= read -r d; do add_domain "$d" cert; done < <(cert_dns_names "$cert")
+}
+
+cert_sha256() {  # cert_sha256 FILE: SHA-256 (hex) of the DER of FILE's first certificate, or nothing
+  local body sum
+  [[ -f $1 && -r $1 ]] || return 0
+  body=$(read_capped "$1" | sed -n '/-BEGIN CERTIFICATE-/,/-END CERTIFICATE-/{/-END CERTIFICATE-/q;/-BEGIN/!p}')
+  [[ -n $body ]] || return 0
+  printf '%s\n' "$body" | base64 -d >/dev/null 2>&1 || return 0
+  sum=$(printf '%s\n' "$body" | base64 -d 2>/dev/null | sha256sum)
+  sum=${sum%% *}
+  [[ $sum =~ ^[0-9a-f]{64}$ ]] && printf '%s\n' "$sum"
+}
+
+lineage_cert() {  # lineage_cert LINEAGE-NAME: CERT = its cert.pem
+  CERT=""
+  ((RENEWAL_OK)) && CERT=$(conf_value "$CONFIG/renewal/$1.conf" cert)
+  [[ -f $CERT ]] || CERT=$CONFIG/live/$1/cert.pem
+}
+
+note_renewals() {  # RENEWAL from certbot's RENEWED_DOMAINS (with each new leaf's SHA-256) and FAILED_DOMAINS
+  local -a names=()
+  local d conf sha
+  local -A sums=()
+  read -r -a names <<<"${FAILED_DOMAINS:-}"
+  for d in "${names[@]}"; do d=${d,,}; RENEWAL[${d%.}]=failed; done
+  read -r -a names <<<"${RENEWED_DOMAINS:-}"
+  ((${#names[@]})) || return 0
+  if [[ $MODE == deploy && -n ${RENEWED_LINEAGE:-} ]]; then
+    lineage_cert "${RENEWED_LINEAGE##*/}"
+    sha=$(cert_sha256 "$CERT")
+    for d in "${names[@]}"; do d=${d,,}; sums[${d%.}]=$sha; done
+  elif ((RENEWAL_OK)) && [[ -d $CONFIG/renewal ]]; then
+    # A post hook gets the names of every renewed lineage: each name's certificate is the
+    # lineage whose certificate lists it.
+    list_confs
+    for conf in "${CONFS[@]}"; do
+      [[ -f $conf ]] || continue
+      conf=${conf##*/}
+      lineage_cert "${conf%.conf}"
+      sha=$(cert_sha256 "$CERT")
+      while IFS= read -r d; do sums[${d,,}]=$sha; done < <(cert_dns_names "$CERT")
+    done
+  fi
+  for d in "${names[@]}"; do
+    d=${d,,}; d=${d%.}
+    [[ ${RENEWAL[$d]:-} == failed ]] && continue
+    RENEWAL[$d]="renewed ${sums[$d]:-}"
+  done
+}
+
+report_renewal() {  # report_renewal DOMAIN: `command renewal` when certbot renewed or failed it
+  local what=${RENEWAL[$1]:-} status sha extra=""
+  [[ -n $what ]] || return 0
+  read -r status sha <<<"$what"
+  [[ -n $sha ]] && extra=" sha256 $sha"
+  [[ -n $HOST_NAME ]] && extra+=" host $HOST_NAME"
+  if ! request "command renewal apikey $S_APIKEY domain $1 status $status$extra"; then
+    log "renewal $1: no answer"; return 1
+  fi
+  log "renewal $1 ($status): $R_STATUS"   # an older server answers 404: nothing more to do
 }
 
 # One lineage of the run at a time: certbot 2.x and 5.x abbreviate 3+ names ("for a.example
@@ -739,7 +801,7 @@ net_session() {
       request "command add apikey $S_APIKEY domain $d" || { log "add $d: no answer; kept for the next run"; return 1; }
     fi
     case $R_CODE in
-      200) echo "$d" >>"$WORK/done"; log "added $d: $R_STATUS" ;;
+      200) echo "$d" >>"$WORK/done"; log "added $d: $R_STATUS"; report_renewal "$d" || return 1 ;;
       422) echo "$d" >>"$WORK/done"; log "add $d rejected, dropped: $R_STATUS" ;;  # the name can never be monitored
       # 400/413: the request itself was refused, not the name; nothing is dropped for it
       400 | 413) log "add $d: $R_STATUS; the server did not understand the request: it and the rest kept for the next run"; return 1 ;;
@@ -773,6 +835,9 @@ main() {
   detect_mode "${1:-}"
   if [[ $MODE == pre ]]; then log "nothing to do before certbot's work"; return 0; fi
   collect_domains
+  note_renewals
+  HOST_NAME=$(uname -n 2>/dev/null)
+  [[ $HOST_NAME =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$ ]] || HOST_NAME=""
   log "${#DOMAINS[@]} domain(s) to report: ${DOMAINS[*]:-none}"
 
   # The API key and the spool are only kept where nobody else can read, change or swap them.
