@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.web.conftest import SITES, WebEnv
-from tests.web.test_dashboard_browser import ARGS, CHROMIUM, pytestmark  # noqa: F401  (same skips)
+from tests.web.test_dashboard_browser import ARGS, ARTIFACTS, CHROMIUM, pytestmark  # noqa: F401  (same skips)
 
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 EMAIL = "a11y-owner@example.org"
@@ -121,10 +121,13 @@ def test_every_page_at_desktop_and_phone_width(web_env: WebEnv, chromium: Any) -
     check(page, "overview with the calendar's numbers", failures)
     # At 390 px (where check() left the page) the chart's labels stay readable, and "just now"
     # and the like stay on one line.
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-overview-390.png"), full_page=True)
     label = page.locator("svg.calendar text.axis").first.bounding_box()
     assert label is not None and label["height"] >= 10, label
     assert page.locator("td.nowrap").first.evaluate("e => getComputedStyle(e).whiteSpace") == "nowrap"
     page.goto(web_env.url + "/servers")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-servers-390.png"), full_page=True)
     assert page.locator("td.pills").first.evaluate("e => getComputedStyle(e).display") == "table-cell"
     # 24-hour times, the settings form included (no AM/PM time picker).
     page.goto(web_env.url + "/settings")
