@@ -130,13 +130,27 @@ def _answer(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} {response.reason_phrase}" + (f": {text}" if text else "")
 
 
+def client() -> httpx.AsyncClient:
+    """One client per process: connections (and the TLS context, costly to build) are reused."""
+    return httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_connections=200))
+
+
 async def post_webhook(
-    target: Target, body: bytes, *, msg_id: str, timestamp: int, timeout_s: float
+    target: Target,
+    body: bytes,
+    *,
+    msg_id: str,
+    timestamp: int,
+    timeout_s: float,
+    http: httpx.AsyncClient | None = None,
 ) -> Outcome:
     headers = signing.headers(target.secret, msg_id, timestamp, body)
     try:
-        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
-            response = await client.post(target.url, content=body, headers=headers)
+        if http is None:
+            async with client() as own:
+                response = await own.post(target.url, content=body, headers=headers, timeout=timeout_s)
+        else:
+            response = await http.post(target.url, content=body, headers=headers, timeout=timeout_s)
     except httpx.TimeoutException:
         return Outcome(False, f"no answer within {timeout_s:g} s")
     except httpx.HTTPError as exc:
@@ -173,16 +187,20 @@ async def send(
     timestamp: int,
     timeout_s: float,
     allow_private_targets: bool,
+    http: httpx.AsyncClient | None = None,
 ) -> Outcome:
     """Deliver once, within ``timeout_s`` (the guard's DNS look-up included)."""
     try:
-        await asyncio.wait_for(asyncio.to_thread(check_private, target, allow_private_targets), timeout_s)
+        if not allow_private_targets and guarded_host(target) is not None:
+            await asyncio.wait_for(asyncio.to_thread(check_private, target, False), timeout_s)
     except ChannelUrlError as exc:
         return Outcome(False, str(exc), refused=True)
     except TimeoutError:
         return Outcome(False, f"no DNS answer within {timeout_s:g} s")
     if target.kind == WEBHOOK:
-        return await post_webhook(target, body, msg_id=msg_id, timestamp=timestamp, timeout_s=timeout_s)
+        return await post_webhook(
+            target, body, msg_id=msg_id, timestamp=timestamp, timeout_s=timeout_s, http=http
+        )
     try:
         # Apprise is synchronous: its thread may outlive the time-out, the channel does not wait.
         return await asyncio.wait_for(asyncio.to_thread(_apprise_send, target.url, title, message), timeout_s)

@@ -6,10 +6,10 @@ its own task for at most the delivery time-out, and the next lease simply leaves
 out (``busy``) while every other channel carries on. A 5xx or time-out pauses the channel in
 the database (service.outbox), so its queue is not even looked at until the pause ends.
 
-Crash semantics are the mail sender's: ``sending`` (with a lease) is committed before the
-request, ``sent`` right after the receiver's 2xx; a process dying in between delivers that one
-notification again when the lease ends, with the same ``webhook-id`` for the receiver to
-deduplicate.
+Crash semantics are the mail sender's, per batch: ``sending`` (with a lease) is committed
+before the first request, ``sent`` once for a channel's batch (at most ``per_channel`` rows)
+right after its last 2xx; a process dying in between delivers those notifications again when
+the lease ends, with the same ``webhook-id`` for the receiver to deduplicate. Nothing is lost.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Concatenate, ParamSpec, TypeVar
+
+import httpx
 
 from keychest.notify import deliver
 from keychest.service import alerting, incidents, outbox
@@ -56,6 +58,7 @@ class Notifier:
         self.idle_poll_s = idle_poll_s
         self._db = ThreadPoolExecutor(1, thread_name_prefix="keychest-notify-db")
         self._busy: dict[int, asyncio.Task[None]] = {}
+        self._http: httpx.AsyncClient | None = None
         self.sent = 0
         self.failed = 0
 
@@ -63,8 +66,32 @@ class Notifier:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._db, functools.partial(self.service.call, fn, *args, **kwargs))
 
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = deliver.client()
+        return self._http
+
+    async def _close(self) -> None:
+        for task in self._busy.values():
+            task.cancel()
+        await asyncio.gather(*self._busy.values(), return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
     async def _deliver(self, channel_id: int, batch: list[outbox.Notification]) -> None:
         allow_private = self.service.settings.scan.allow_private_targets
+        delivered: list[int] = []
+        try:
+            await self._deliver_batch(channel_id, batch, allow_private, delivered)
+        finally:
+            if delivered:
+                await self._db_call(outbox.notifications_sent, delivered, channel_id)
+                self.sent += len(delivered)
+
+    async def _deliver_batch(
+        self, channel_id: int, batch: list[outbox.Notification], allow_private: bool, delivered: list[int]
+    ) -> None:
         for index, item in enumerate(batch):
             payload = item.payload
             outcome = await deliver.send(
@@ -76,13 +103,18 @@ class Notifier:
                 timestamp=int(time.time()),
                 timeout_s=self.settings.timeout_s,
                 allow_private_targets=allow_private,
+                http=self._client(),
             )
             if outcome.ok:
-                await self._db_call(outbox.notification_sent, item.id, channel_id)
-                self.sent += 1
+                delivered.append(item.id)
                 continue
             self.failed += 1
             log.warning("notification %d to channel %d failed: %s", item.id, channel_id, outcome.answer)
+            if delivered:
+                # Committed first: the failure then leaves the channel failing or paused.
+                await self._db_call(outbox.notifications_sent, list(delivered), channel_id)
+                self.sent += len(delivered)
+                delivered.clear()
             await self._db_call(
                 outbox.notification_failed,
                 item.id,
@@ -124,14 +156,15 @@ class Notifier:
                 except Exception:
                     log.exception("notifier pass failed")
                     leased = 0
-                if leased == 0:
+                busy = [t for t in self._busy.values() if not t.done()]
+                if busy:
+                    # A channel that finishes its batch is leased for again at once; the others
+                    # are looked at every idle_poll_s, not on every turn of this loop.
+                    await asyncio.wait(busy, timeout=self.idle_poll_s, return_when=asyncio.FIRST_COMPLETED)
+                elif leased == 0:
                     await asyncio.sleep(self.idle_poll_s)
-                else:
-                    # Let the channel tasks start before leasing for the idle ones again.
-                    await asyncio.sleep(0.01)
         finally:
-            for task in self._busy.values():
-                task.cancel()
+            await self._close()
             self._db.shutdown(wait=False, cancel_futures=True)
 
     async def drain(self, *, idle_rounds: int = 3) -> None:
@@ -145,6 +178,7 @@ class Notifier:
                     await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
                 quiet = quiet + 1 if leased == 0 and not busy else 0
         finally:
+            await self._close()
             self._db.shutdown(wait=True)
 
 

@@ -385,8 +385,13 @@ def lease_notifications(
     return leased
 
 
-def notification_sent(ctx: Ctx, notification_id: int, channel_id: int) -> None:
-    mark_sent(ctx, notification_id)
+def notifications_sent(ctx: Ctx, notification_ids: list[int], channel_id: int) -> None:
+    """Delivered (2xx): one commit for a channel's run of successes."""
+    ctx.session.execute(
+        update(OutboxMail)
+        .where(OutboxMail.id.in_(notification_ids))
+        .values(state=MailState.SENT, sent_at=ctx.now, next_attempt_at=None, last_error=None)
+    )
     ctx.session.execute(
         update(Channel)
         .where(Channel.id == channel_id)
