@@ -167,6 +167,14 @@ from keychest.scan.model import ScanOptions
     help="Scan loopback/private/link-local addresses too (intranet installs, tests).",
 )
 @env_option(
+    "--acme-directory",
+    "acme_directories",
+    multiple=True,
+    metavar="URL",
+    help="ACME directory of a private CA to ask for renewal information (ARI, RFC 9773); repeatable. "
+    "Let's Encrypt and Google Trust Services are known without it.",
+)
+@env_option(
     "--proxy-protocol",
     is_flag=True,
     default=False,
@@ -221,6 +229,7 @@ def serve(
     ca_file: str | None,
     resolver: str | None,
     allow_private_targets: bool,
+    acme_directories: tuple[str, ...],
     smtp: str | None,
     smtp_user: str | None,
     smtp_password_file: str | None,
@@ -285,6 +294,7 @@ def serve(
             allow_private_targets=allow_private_targets,
             resolver=resolver,
             concurrency=max(scan_concurrency * 2, 8),
+            acme_directories=acme_directories,
         ),
         scheduler=SchedulerSettings(
             interval_s=parse_duration(scan_interval),
