@@ -109,3 +109,5 @@ class Settings:
     metrics_token: str | None = None
     # Upgrade the schema at start (serve --migrate); without it only an empty database is.
     migrate: bool = False
+    # /metrics per-address series: "problems" (not ok, or expiring within --warn-days) or "all".
+    metrics_per_endpoint: str = "problems"

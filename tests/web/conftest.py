@@ -111,6 +111,9 @@ def web_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebEnv]:
             "--rest-failed-keys-per-minute", "0",
             "--smtp", smtp.address,
             "--public-url", f"http://127.0.0.1:{http_port}",
+            # Per-address series for the healthy sites too (test_metrics reads them); the
+            # bounded default is tested in tests/servers/test_metrics_bounded.py.
+            "--metrics-per-endpoint", "all",
         ]  # fmt: skip
         server = LiveServer(data, url, line_port, http_port, args, data / "serve.log")
         server.start()

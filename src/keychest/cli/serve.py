@@ -188,6 +188,14 @@ from keychest.scan.model import ScanOptions
     "name the client address. [default: none]",
 )
 @env_option(
+    "--metrics-per-endpoint",
+    type=click.Choice(["problems", "all"]),
+    default="problems",
+    show_default=True,
+    help="Per-address series in /metrics: only addresses not ok or expiring within the warning "
+    "threshold, or all (large: about 600 bytes per address).",
+)
+@env_option(
     "--migrate",
     is_flag=True,
     default=False,
@@ -240,6 +248,7 @@ def serve(
     webhook_urls: tuple[str, ...],
     webhook_secret_file: str | None,
     migrate: bool,
+    metrics_per_endpoint: str,
     proxy_protocol: bool,
     trusted_proxies: str,
     log_level: str,
@@ -303,6 +312,7 @@ def serve(
         ),
         role=role,
         migrate=migrate,
+        metrics_per_endpoint=metrics_per_endpoint,
         mail=mail_settings(
             smtp,
             smtp_user,

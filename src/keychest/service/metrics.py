@@ -7,10 +7,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import case, func, or_, select, text
 
+from keychest.scan.judge import State
 from keychest.service.context import Ctx
 from keychest.store.models import AddressState, Certificate, Endpoint
 
@@ -28,9 +29,14 @@ class AddressMetric:
     not_after: datetime | None
 
 
-def address_metrics(ctx: Ctx) -> list[AddressMetric]:
-    """Every address's latest scan, sorted by host, port and address (one query)."""
-    rows = ctx.session.execute(
+def address_metrics(ctx: Ctx, *, everything: bool = True) -> list[AddressMetric]:
+    """The addresses' latest scans, sorted by host, port and address (one query).
+
+    Unless ``everything``, only those worth a per-address series: not ok, or a certificate
+    within the warning threshold (--warn-days). At a million endpoints the full list is
+    hundreds of megabytes per scrape; the aggregates (:func:`metric_aggregates`) cover the rest.
+    """
+    query = (
         select(
             Endpoint.host,
             Endpoint.port,
@@ -45,7 +51,11 @@ def address_metrics(ctx: Ctx) -> list[AddressMetric]:
         .join(Endpoint, Endpoint.id == AddressState.endpoint_id)
         .outerjoin(Certificate, Certificate.id == AddressState.certificate_id)
         .order_by(Endpoint.host, Endpoint.port, AddressState.ip)
-    ).all()
+    )
+    if not everything:
+        soon = ctx.now + timedelta(days=ctx.settings.scan.warn_days)
+        query = query.where(or_(AddressState.state != State.OK, Certificate.not_after <= soon))
+    rows = ctx.session.execute(query).all()
     return [
         AddressMetric(
             host=row.host,
@@ -60,6 +70,48 @@ def address_metrics(ctx: Ctx) -> list[AddressMetric]:
         )
         for row in rows
     ]
+
+
+# Upper bounds (days left) of the certificate buckets; the last bucket is "more".
+DAYS_LEFT_BUCKETS = (7, 14, 30, 60, 90)
+
+
+@dataclass(frozen=True)
+class MetricAggregates:
+    endpoints_by_state: dict[str, int]  # ok, warning, critical, error, unscanned
+    # Served leaf certificates by days left: "expired", "lt7", ..., "lt90", "more".
+    certificates_by_days_left: dict[str, int]
+    earliest_expiry: datetime | None  # the soonest not-after any address serves
+    addresses: int
+
+
+def metric_aggregates(ctx: Ctx) -> MetricAggregates:
+    """What /metrics reports whatever the number of endpoints: a few grouped counts."""
+    by_state = {str(state): 0 for state in State}
+    by_state["unscanned"] = 0
+    for state, count in ctx.session.execute(
+        select(Endpoint.last_state, func.count()).group_by(Endpoint.last_state)
+    ):
+        by_state[str(state) if state is not None else "unscanned"] = int(count)
+    now = ctx.now
+    bucket = case(
+        (Certificate.not_after < now, "expired"),
+        *((Certificate.not_after < now + timedelta(days=d), f"lt{d}") for d in DAYS_LEFT_BUCKETS),
+        else_="more",
+    )
+    buckets = {"expired": 0, **{f"lt{d}": 0 for d in DAYS_LEFT_BUCKETS}, "more": 0}
+    served = select(AddressState.certificate_id).where(AddressState.certificate_id.is_not(None)).distinct()
+    for name, count in ctx.session.execute(
+        select(bucket, func.count()).where(Certificate.id.in_(served)).group_by(bucket)
+    ):
+        buckets[str(name)] = int(count)
+    earliest = ctx.session.scalar(
+        select(func.min(Certificate.not_after)).join(
+            AddressState, AddressState.certificate_id == Certificate.id
+        )
+    )
+    addresses = ctx.session.scalar(select(func.count()).select_from(AddressState)) or 0
+    return MetricAggregates(by_state, buckets, earliest, int(addresses))
 
 
 def database_ok(ctx: Ctx) -> bool:

@@ -33,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from keychest.service.facade import Keychest
-from keychest.service.metrics import address_metrics
+from keychest.service.metrics import address_metrics, metric_aggregates
 
 if TYPE_CHECKING:
     from keychest.scan.model import AddressResult
@@ -97,7 +97,8 @@ def _epoch(moment: datetime) -> float:
 
 
 class ScanResultsCollector(Collector):
-    """Per-address gauges, read from the latest scan results in the database."""
+    """Aggregates, and per-address gauges for the addresses that need looking at (or all of
+    them with --metrics-per-endpoint all), read from the latest scan results in the database."""
 
     def __init__(self, service: Keychest) -> None:
         self.service = service
@@ -107,7 +108,9 @@ class ScanResultsCollector(Collector):
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        rows = self.service.read(address_metrics)
+        yield from self._aggregates()
+        everything = self.service.settings.metrics_per_endpoint == "all"
+        rows = self.service.read(address_metrics, everything=everything)
         now = _epoch(self.service.clock())
         not_after = GaugeMetricFamily(
             "keychest_ssl_cert_not_after_timestamp_seconds",
@@ -160,6 +163,33 @@ class ScanResultsCollector(Collector):
             if row.hostname_ok is not None:
                 hostname.add_metric(labels, 1.0 if row.hostname_ok else 0.0)
         yield from (not_after, days_left, success, trusted, hostname, duration, last_scan)
+
+    def _aggregates(self) -> Iterator[GaugeMetricFamily]:
+        found = self.service.read(metric_aggregates)
+        endpoints = GaugeMetricFamily(
+            "keychest_endpoints",
+            "Monitored endpoints by the worst state of their last scan (unscanned: not yet).",
+            labels=["state"],
+        )
+        for state, count in found.endpoints_by_state.items():
+            endpoints.add_metric([state], float(count))
+        certificates = GaugeMetricFamily(
+            "keychest_certificates",
+            "Served leaf certificates by days left: expired, lt7 ... lt90 (fewer than N days), more.",
+            labels=["days_left"],
+        )
+        for bucket, count in found.certificates_by_days_left.items():
+            certificates.add_metric([bucket], float(count))
+        addresses = GaugeMetricFamily("keychest_addresses", "Scanned addresses (endpoint and IP).")
+        addresses.add_metric([], float(found.addresses))
+        yield from (endpoints, certificates, addresses)
+        if found.earliest_expiry is not None:
+            earliest = GaugeMetricFamily(
+                "keychest_ssl_earliest_cert_expiry",
+                "The soonest not-after of any served leaf certificate, as a Unix timestamp.",
+            )
+            earliest.add_metric([], _epoch(found.earliest_expiry))
+            yield earliest
 
 
 def install(app: FastAPI, service: Keychest) -> None:
