@@ -11,7 +11,13 @@ private test CA), then in the same run measures:
 - ssl-cert-check (Debian package) and check_ssl_cert (monitoring-plugins-contrib): the
   way they are run, one endpoint after the other; on a sample, since they are slow;
 - the ceiling: `openssl s_time -new` in 4 processes for a fixed time (full handshakes
-  per second, nothing judged, nothing parsed beyond what TLS needs).
+  per second, nothing judged, nothing parsed beyond what TLS needs);
+- STARTTLS: as many SMTP endpoints (greeting, EHLO, STARTTLS, then TLS), scanned as
+  `smtp://` targets by `keychest scan`, against its ceiling: `openssl s_client -starttls
+  smtp` run back to back in 4 parallel loops for a fixed time.
+
+keychest runs with `--no-old-protocols`: the old_protocol check is one more handshake per
+endpoint, which the peers do not make.
 
 Prints a Markdown table; `--markdown FILE` also writes it there.
 """
@@ -51,7 +57,32 @@ class _Hangup(asyncio.Protocol):
         return False  # close our side too
 
 
-def _serve(endpoints: list[tuple[int, str, str]], ready: Any) -> None:
+async def _smtp_session(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: ssl.SSLContext
+) -> None:
+    """Just enough SMTP for a STARTTLS client: greeting, EHLO, STARTTLS, then TLS until EOF."""
+    try:
+        writer.write(b"220 bench.test ESMTP\r\n")
+        while line := await reader.readline():
+            command = line.strip().upper()
+            if command.startswith((b"EHLO", b"HELO")):
+                writer.write(b"250-bench.test\r\n250 STARTTLS\r\n")
+            elif command == b"STARTTLS":
+                writer.write(b"220 go ahead\r\n")
+                await writer.drain()
+                await writer.start_tls(context)
+                await reader.read(1024)
+                break
+            else:
+                writer.write(b"221 bye\r\n")
+                break
+    except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+def _serve(endpoints: list[tuple[int, str, str]], ready: Any, smtp: bool = False) -> None:
     try:
         import uvloop
 
@@ -65,6 +96,16 @@ def _serve(endpoints: list[tuple[int, str, str]], ready: Any) -> None:
         context.load_cert_chain(chain, key)
         # Without tickets: every scan is a fresh client; tickets would only cost us.
         context.options |= ssl.OP_NO_TICKET
+        if smtp:
+
+            async def session(
+                reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: ssl.SSLContext = context
+            ) -> None:
+                await _smtp_session(reader, writer, context)
+
+            server = asyncio.start_server(session, "127.0.0.1", port, backlog=1024, reuse_address=True)
+            servers.append(loop.run_until_complete(server))
+            continue
         servers.append(
             loop.run_until_complete(
                 loop.create_server(_Hangup, "127.0.0.1", port, ssl=context, backlog=1024, reuse_address=True)
@@ -87,7 +128,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 class Endpoints:
-    def __init__(self, count: int, procs: int, workdir: Path) -> None:
+    def __init__(self, count: int, procs: int, workdir: Path, smtp: bool = False) -> None:
         import trustme
 
         ca = trustme.CA(organization_name="Keychest Bench CA")
@@ -106,7 +147,8 @@ class Endpoints:
         context = multiprocessing.get_context("spawn")
         ready = context.Queue()
         self.processes = [
-            context.Process(target=_serve, args=(served[i::procs], ready), daemon=True) for i in range(procs)
+            context.Process(target=_serve, args=(served[i::procs], ready, smtp), daemon=True)
+            for i in range(procs)
         ]
         for process in self.processes:
             process.start()
@@ -123,24 +165,31 @@ class Endpoints:
 # --- the contenders ----------------------------------------------------------------------------
 
 
-def _targets_file(workdir: Path, ports: list[int], name: str) -> Path:
+def _targets_file(workdir: Path, ports: list[int], name: str, scheme: str = "") -> Path:
     path = workdir / name
-    path.write_text("".join(f"127.0.0.1 {port}\n" for port in ports))
+    if scheme:
+        path.write_text("".join(f"{scheme}://127.0.0.1:{port}\n" for port in ports))
+    else:
+        path.write_text("".join(f"127.0.0.1 {port}\n" for port in ports))
     return path
 
 
-def bench_keychest(endpoints: Endpoints, workdir: Path, workers: int, concurrency: int) -> dict[str, Any]:
-    targets = _targets_file(workdir, endpoints.ports, "targets.txt")
+def bench_keychest(
+    endpoints: Endpoints, workdir: Path, workers: int, concurrency: int, scheme: str = ""
+) -> dict[str, Any]:
+    targets = _targets_file(workdir, endpoints.ports, f"targets{scheme}.txt", scheme)
     keychest = shutil.which("keychest", path=str(Path(sys.executable).parent)) or "keychest"
     command = [
         keychest, "scan", "--json", "--allow-private-targets", "--ca-file", str(endpoints.ca_file),
         "--no-system-trust", "--concurrency", str(concurrency), "--per-address", str(concurrency),
-        "--workers", str(workers), "--timeout", "30", "-f", str(targets),
+        "--workers", str(workers), "--timeout", "30", "--no-old-protocols", "-f", str(targets),
     ]  # fmt: skip
+    output = workdir / f"out{scheme}.json"
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    with output.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - started
-    results = json.loads(done.stdout)
+    results = json.loads(output.read_text())
     bad = [r for r in results if r["state"] != "ok"]
     if bad or len(results) != len(endpoints.ports):
         raise SystemExit(
@@ -161,6 +210,7 @@ def bench_in_process(endpoints: Endpoints, workers: int, concurrency: int) -> di
         allow_private_targets=True,
         concurrency=concurrency,
         per_address_concurrency=concurrency,
+        old_protocols=False,
     )
     targets = [Endpoint("127.0.0.1", port) for port in endpoints.ports]
     started = time.perf_counter()
@@ -229,6 +279,40 @@ def bench_s_time(endpoints: Endpoints, processes: int, seconds: int) -> dict[str
     return {"endpoints": connections, "seconds": elapsed, "rate": connections / elapsed}
 
 
+def bench_starttls_ceiling(endpoints: Endpoints, loops: int, seconds: int) -> dict[str, Any]:
+    """`openssl s_client -starttls smtp` back to back in `loops` parallel loops: STARTTLS
+    handshakes per second with nothing judged (a process per connection, as a cron check runs it)."""
+
+    def one(port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            ["openssl", "s_client", "-starttls", "smtp", "-connect", f"127.0.0.1:{port}",
+             "-servername", "127.0.0.1", "-CAfile", str(endpoints.ca_file), "-verify_return_error"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    started = time.perf_counter()
+    deadline = started + seconds
+    done = 0
+    running = [one(endpoints.ports[i % len(endpoints.ports)]) for i in range(loops)]
+    turn = loops
+    while running:
+        still = []
+        for process in running:
+            if process.poll() is None:
+                still.append(process)
+                continue
+            if process.returncode != 0:
+                raise SystemExit(f"openssl s_client -starttls smtp failed ({process.returncode})")
+            done += 1
+            if time.perf_counter() < deadline:
+                still.append(one(endpoints.ports[turn % len(endpoints.ports)]))
+                turn += 1
+        running = still
+        time.sleep(0.001)
+    elapsed = time.perf_counter() - started
+    return {"endpoints": done, "seconds": elapsed, "rate": done / elapsed}
+
+
 # --- the report -----------------------------------------------------------------------------------
 
 
@@ -244,6 +328,9 @@ def main() -> None:
     parser.add_argument("--check-ssl-cert-sample", type=int, default=10)
     parser.add_argument("--s-time-seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of keychest and s_time; best kept")
+    parser.add_argument(
+        "--starttls-endpoints", type=int, default=200, help="SMTP STARTTLS endpoints (0: none)"
+    )
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
@@ -290,6 +377,28 @@ def main() -> None:
             )
         finally:
             endpoints.stop()
+        starttls_rows: list[tuple[str, dict[str, Any]]] = []
+        if args.starttls_endpoints:
+            (workdir / "smtp").mkdir()
+            smtp = Endpoints(args.starttls_endpoints, args.server_procs, workdir / "smtp", smtp=True)
+            try:
+                best_starttls: dict[str, dict[str, Any]] = {}
+                for _ in range(args.rounds):
+                    for name, result in (
+                        (
+                            "`keychest scan smtp://...` (whole command)",
+                            bench_keychest(smtp, workdir, 1, args.concurrency, "smtp"),
+                        ),
+                        (
+                            "`openssl s_client -starttls smtp`, 4 loops in parallel (ceiling)",
+                            bench_starttls_ceiling(smtp, 4, args.s_time_seconds),
+                        ),
+                    ):
+                        if name not in best_starttls or result["rate"] > best_starttls[name]["rate"]:
+                            best_starttls[name] = result
+                starttls_rows = list(best_starttls.items())
+            finally:
+                smtp.stop()
 
     baseline = next((r for name, r in rows if "ssl-cert-check" in name and r), None)
     lines = [
@@ -309,6 +418,20 @@ def main() -> None:
             f"| {name} | {result['endpoints']} | {result['seconds']:.2f} | {result['rate']:.0f}"
             f" | {result['rate'] / ceiling['rate']:.0%} | {versus} |"
         )
+    if starttls_rows:
+        starttls_ceiling = starttls_rows[-1][1]
+        lines += [
+            "",
+            f"STARTTLS: {args.starttls_endpoints} SMTP endpoints on 127.0.0.1 (EHLO, STARTTLS, TLS).",
+            "",
+            "| tool | endpoints | seconds | endpoints/s | vs STARTTLS ceiling |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, result in starttls_rows:
+            lines.append(
+                f"| {name} | {result['endpoints']} | {result['seconds']:.2f} | {result['rate']:.0f}"
+                f" | {result['rate'] / starttls_ceiling['rate']:.0%} |"
+            )
     text = "\n".join(lines)
     print(text)
     if args.markdown:
