@@ -434,6 +434,107 @@ def _scanned(db: Database) -> int:
         return int(session.execute(sa.text("SELECT count(*) FROM address_states")).scalar_one())
 
 
+# --- /metrics at scale (issue 16 item 3) ---------------------------------------------------------
+
+
+def populate_scanned(db_url: str, count: int) -> None:
+    """N scanned endpoints, one address each, straight into the tables (no line API, no scans).
+
+    99 % serve a certificate 80 days from expiry (healthy), 0.5 % one 5 days from expiry,
+    0.5 % failed (DNS error): what /metrics must show per address is the 1 %.
+    """
+    from keychest.store.models import AddressState, Certificate, Endpoint  # noqa: PLC0415
+
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    db = Database(db_url)
+    with db.write() as session:
+        ids = []
+        for n, days in enumerate((80, 5)):
+            cert = Certificate(
+                sha256=f"{n:064x}", subject="CN=x", issuer="CN=ca", issuer_name="ca",
+                not_before=now - dt.timedelta(days=10), not_after=now + dt.timedelta(days=days),
+                key_type="rsa", key_bits=2048, signature_algorithm="sha256", pem="-", first_seen_at=now,
+            )  # fmt: skip
+            session.add(cert)
+            session.flush()
+            ids.append(cert.id)
+    chunk = 20_000
+    for start in range(0, count, chunk):
+        rows = range(start, min(start + chunk, count))
+        with db.write() as session:
+            session.execute(
+                sa.insert(Endpoint),
+                [
+                    {"id": i + 1, "host": f"h{i}.scale.test", "port": 443, "created_at": now,
+                     "next_scan_at": now + dt.timedelta(hours=6), "last_scan_at": now,
+                     "last_state": "error" if i % 200 == 1 else "critical" if i % 200 == 0 else "ok"}
+                    for i in rows
+                ],
+            )  # fmt: skip
+            session.execute(
+                sa.insert(AddressState),
+                [
+                    {"endpoint_id": i + 1, "ip": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+                     "state": "error" if i % 200 == 1 else "critical" if i % 200 == 0 else "ok",
+                     "certificate_id": None if i % 200 == 1 else ids[1] if i % 200 == 0 else ids[0],
+                     "chain": [], "problems": [], "error_kind": "dns" if i % 200 == 1 else None,
+                     "trusted": None if i % 200 == 1 else True, "hostname_ok": None if i % 200 == 1 else True,
+                     "scan_seconds": 0.05, "since": now, "last_scan_at": now}
+                    for i in rows
+                ],
+            )  # fmt: skip
+    db.dispose()
+
+
+def metrics_figures(db_url: str, workdir: Path, per_endpoint: str, rounds: int = 3) -> dict[str, float]:
+    """GET /metrics through the FastAPI app in process: body size and time (median, worst)."""
+    from fastapi.testclient import TestClient  # noqa: PLC0415
+
+    from keychest.web.app import create_app  # noqa: PLC0415
+
+    settings = Settings(
+        db_url=db_url, data_dir=workdir, mail_domain="keychest.test", metrics_per_endpoint=per_endpoint
+    )
+    db = Database(db_url)
+    service = Keychest(db, settings)
+    times: list[float] = []
+    size = 0
+    with TestClient(create_app(service)) as client:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            answer = client.get("/metrics")
+            times.append(time.perf_counter() - started)
+            assert answer.status_code == 200, answer.text[:200]
+            size = len(answer.content)
+    db.dispose()
+    return {"bytes": size, "median_s": statistics.median(times), "max_s": max(times)}
+
+
+def metrics_run(kind: str, args: argparse.Namespace) -> None:
+    with (
+        tempfile.TemporaryDirectory(prefix="keychest-scale-") as tmp,
+        database(kind, args.pg, Path(tmp), args.keep) as url,
+    ):
+        db = Database(url)
+        upgrade(db)
+        db.dispose()
+        started = time.perf_counter()
+        populate_scanned(url, args.domains)
+        print(
+            f"[{kind}] {args.domains:,} scanned endpoints in {time.perf_counter() - started:.0f} s",
+            file=sys.stderr,
+        )
+        modes = ["problems"] + (["all"] if args.domains <= args.metrics_all_max else [])
+        for mode in modes:
+            figures = metrics_figures(url, Path(tmp), mode, rounds=1 if mode == "all" else 3)
+            mib = figures["bytes"] / 2**20
+            print(
+                f"| {kind} | {args.domains:,} | --metrics-per-endpoint {mode} | {mib:,.2f} MiB "
+                f"| {figures['median_s']:.2f} s (max {figures['max_s']:.2f} s) |",
+                flush=True,
+            )
+
+
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -580,8 +681,24 @@ def main() -> int:
     parser.add_argument("--rss-seconds", type=float, default=30)
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL schema afterwards")
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="only /metrics size and time on N scanned endpoints written directly (issue 16)",
+    )
+    parser.add_argument(
+        "--metrics-all-max",
+        type=int,
+        default=200_000,
+        help="largest N also scraped with --metrics-per-endpoint all",
+    )
     args = parser.parse_args()
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    if args.metrics_only:
+        print("| db | endpoints | mode | /metrics body | GET /metrics |\n| --- | ---: | --- | ---: | ---: |")
+        for kind in kinds:
+            metrics_run(kind, args)
+        return 0
     results = [run(kind, args) for kind in kinds]
     text = (
         f"{args.domains:,} domains; {os.cpu_count()} cores; load average at the end "
