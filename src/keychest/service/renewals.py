@@ -217,3 +217,10 @@ def alert_facts(
 
 def last_report_id(ctx: Ctx) -> int:
     return ctx.session.scalar(select(func.max(RenewalReport.id))) or 0
+
+
+def last_renewal_for_account(ctx: Ctx, account_id: int, endpoint_id: int) -> LastRenewal | None:
+    """The dashboard's server page: the last report about a server the account sees."""
+    if visibility.account_endpoint(ctx, account_id, endpoint_id) is None:
+        raise errors.not_found("no such server")
+    return last_renewals(ctx, [endpoint_id]).get(endpoint_id)

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from keychest.scan.judge import days_left as judge_days_left
 from keychest.scan.model import ScanOptions
-from keychest.service import certificates, endpoints, overview, preferences, secrets
+from keychest.service import certificates, endpoints, overview, preferences, renewals, secrets
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
@@ -435,9 +435,10 @@ def install(app: FastAPI, service: Keychest) -> None:
             return pages.to_signin(request)
         try:
             detail = await pages.db(request, overview.server_detail, account.id, endpoint_id)
+            renewal = await pages.db(request, renewals.last_renewal_for_account, account.id, endpoint_id)
         except ServiceError:
             return pages.render(request, "missing.html", account, status=404, page="servers", what="server")
-        return pages.render(request, "server.html", account, page="servers", server=detail)
+        return pages.render(request, "server.html", account, page="servers", server=detail, renewal=renewal)
 
     @app.get("/certificates/{sha256}", response_class=HTMLResponse, include_in_schema=False)
     async def certificate_page(sha256: str, request: Request) -> Response:
