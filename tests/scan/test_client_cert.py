@@ -151,3 +151,15 @@ def test_alert_from_the_system_openssl_and_the_bundled_one(mtls12: int, pki: dic
     assert result.error is not None and result.error.kind == ErrorKind.TLS_ALERT, result.error
     assert "refused our client certificate" in result.error.message
     assert result.leaf is not None  # still the server's certificate
+
+
+def test_serve_refuses_a_bad_client_pair_at_start(pki: dict[str, Path], tmp_path: Path) -> None:
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "keychest", "serve", "--data-dir", str(tmp_path),
+         "--client-cert", str(pki["client"]), "--client-key", str(pki["key"])],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "--client-cert" in done.stderr and "cannot use client certificate" in done.stderr

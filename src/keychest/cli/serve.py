@@ -159,6 +159,18 @@ from keychest.scan.model import ScanOptions
     default=None,
     help="Extra trusted CA certificates (PEM), e.g. a private CA.",
 )
+@env_option(
+    "--client-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Client certificate (PEM, with its chain) the scanner offers servers that require one (mutual TLS).",
+)
+@env_option(
+    "--client-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Private key of --client-cert (PEM); default: in the --client-cert file.",
+)
 @env_option("--resolver", default=None, help="DNS server HOST[:PORT] to ask instead of the system resolver.")
 @env_option(
     "--allow-private-targets",
@@ -235,6 +247,8 @@ def serve(
     scan_concurrency: int,
     scan_lease: str | None,
     ca_file: str | None,
+    client_cert: str | None,
+    client_key: str | None,
     resolver: str | None,
     allow_private_targets: bool,
     acme_directories: tuple[str, ...],
@@ -267,6 +281,15 @@ def serve(
     proxies = _trusted_proxies(trusted_proxies)
     if proxy_protocol and not proxies:
         raise click.UsageError("--proxy-protocol needs --trusted-proxies (the balancers' addresses)")
+    if client_key and not client_cert:
+        raise click.BadParameter("needs --client-cert", param_hint="--client-key")
+    if client_cert:
+        from keychest.scan.probe import TLSClient
+
+        try:  # a bad pair fails now, not at every scan
+            TLSClient(1.0, client_cert=client_cert, client_key=client_key)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--client-cert") from None
     settings = Settings(
         db_url=resolve_db_url(db_url, data_dir),
         data_dir=data_dir,
@@ -304,6 +327,8 @@ def serve(
             resolver=resolver,
             concurrency=max(scan_concurrency * 2, 8),
             acme_directories=acme_directories,
+            client_cert=client_cert,
+            client_key=client_key,
         ),
         scheduler=SchedulerSettings(
             interval_s=parse_duration(scan_interval),
