@@ -360,7 +360,10 @@ class Channel(Base):
     ref: Mapped[str] = mapped_column(String(100), unique=True)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)  # NULL: server-wide
     kind: Mapped[str] = mapped_column(String(16))  # apprise, webhook
+    # An account's channel: only the URL without its credentials; the full URL and webhook
+    # secret are in ``sealed`` (Fernet, key from the server secret). The operator's: the URL.
     url: Mapped[str] = mapped_column(Text)
+    sealed: Mapped[str | None] = mapped_column(Text)
     min_severity: Mapped[str] = mapped_column(String(16), default="warning")
     event_types: Mapped[list] = mapped_column(JSON, default=list)  # empty: every type
     created_at: Mapped[datetime] = mapped_column(DateTime)
@@ -409,3 +412,24 @@ class RenewalReport(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_renewal_reports_endpoint_at", "endpoint_id", "reported_at"),)
+
+
+# --- process heartbeats (issue 16, migration 0012) -------------------------------------------------
+
+
+class Heartbeat(Base):
+    """A running keychest process (any role, any machine), as it last said it was alive."""
+
+    __tablename__ = "heartbeats"
+
+    # role:host:pid, so a restarted process is a new row and a dead one's row ages visibly.
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(253))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    # Database time of the last heartbeat, and of the process's main loop's last pass
+    # (scanner: a lease round; mailer: an outbox round); NULL: no pass yet.
+    seen_at: Mapped[datetime] = mapped_column(DateTime)
+    last_pass_at: Mapped[datetime | None] = mapped_column(DateTime)

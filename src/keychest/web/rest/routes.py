@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from keychest.service import certificates, compat, domains, endpoints, scans
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
+from keychest.web.rest import channels as rest_channels
 from keychest.web.rest.inputs import Exchange, Gate, required, respond, split_keychest_path
 from keychest.web.rest.models import (
     ERRORS,
@@ -544,4 +545,5 @@ def build_router(service: Keychest) -> APIRouter:
     async def certificate_add(request: Request) -> Any:
         return await answer(request, _certificate_add)
 
+    rest_channels.add_routes(router, answer)
     return router

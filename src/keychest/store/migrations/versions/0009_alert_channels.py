@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("account_id", BigId, nullable=True),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
+        sa.Column("sealed", sa.Text(), nullable=True),
         sa.Column("min_severity", sa.String(length=16), nullable=False),
         sa.Column("event_types", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),

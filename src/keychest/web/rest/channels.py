@@ -1,0 +1,141 @@
+"""REST: an account's alert channels (docs/notify.md).
+
+``GET /api/v1.0/channels`` lists them (secrets redacted), ``POST`` adds one (422 naming the
+problem for a bad URL, a private address or a bad secret; a webhook's secret is shown in full
+in this answer only), ``DELETE /api/v1.0/channels/{id}`` removes one, and
+``POST /api/v1.0/channels/{id}/test`` sends a test notification and reports the receiver's
+answer. Only an approved key of a confirmed account has channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from keychest.notify import deliver, payload
+from keychest.service import channels
+from keychest.web.rest.inputs import Exchange
+from keychest.web.rest.models import KEY_DOC, KEY_QUERY, body_schema
+
+PREFIX = "/api/v1.0/channels"
+
+
+def _item(view: channels.ChannelView) -> dict[str, Any]:
+    item = asdict(view)
+    item.pop("account_id")
+    item["event_types"] = list(view.event_types)
+    item["url"] = item.pop("label")
+    return item
+
+
+def _list(x: Exchange) -> dict[str, Any]:
+    return {"status": "success", "channels": [_item(c) for c in x.call(channels.for_key, x.key())]}
+
+
+def _add(x: Exchange) -> dict[str, Any]:
+    key = x.key()
+    url = x.field("url")
+    kind = x.optional("kind") or deliver.kind_of(url)
+    types = tuple(t.strip() for t in (x.optional("event_types") or "").split(",") if t.strip())
+    new = channels.NewChannel(kind, url, x.optional("secret"), x.optional("min_severity") or "warning", types)
+    # The guard resolves the host: outside the database transaction.
+    checked = channels.check(new, allow_private_targets=x.service.settings.scan.allow_private_targets)
+    created = x.call(channels.add, key, checked)
+    answer = {"status": "created", "channel": _item(created.channel)}
+    if created.secret is not None:
+        answer["secret"] = created.secret
+    return answer
+
+
+def _remove(x: Exchange, channel_id: int) -> dict[str, Any]:
+    x.call(channels.remove, x.key(), channel_id)
+    return {"status": "removed", "id": channel_id}
+
+
+def _test(x: Exchange, channel_id: int) -> dict[str, Any]:
+    target = x.call(channels.test_target, x.key(), channel_id)
+    now = x.service.clock()
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    event = payload.test_event(now)
+    body = payload.build(
+        event,
+        msg_id=msg_id,
+        occurred_at=now,
+        now=now,
+        host=event.endpoint,
+        port=443,
+        account=None,
+        dashboard_url=x.service.settings.mail.public_url + "/",
+        ack_url=None,
+    )
+    outcome = asyncio.run(
+        deliver.send(
+            target,
+            body=json.dumps(body, separators=(",", ":")).encode(),
+            title=event.title,
+            message=event.message,
+            msg_id=msg_id,
+            timestamp=int(time.time()),
+            timeout_s=x.service.settings.notify.timeout_s,
+            allow_private_targets=x.service.settings.scan.allow_private_targets,
+        )
+    )
+    return {
+        "status": "success" if outcome.ok else "failed",
+        "delivered": outcome.ok,
+        "answer": outcome.answer,
+    }
+
+
+def add_routes(
+    router: APIRouter, answer: Callable[[Request, Callable[[Exchange], Any]], Awaitable[Any]]
+) -> None:
+    """Added to the REST router by routes.build_router (same limits, key handling, errors)."""
+
+    @router.get(PREFIX, tags=["channels"], summary="The account's alert channels", openapi_extra=KEY_QUERY)
+    async def list_channels(request: Request) -> Any:
+        return await answer(request, _list)
+
+    @router.post(
+        PREFIX,
+        tags=["channels"],
+        summary="Add an alert channel: an Apprise URL or a signed webhook",
+        openapi_extra={
+            **KEY_QUERY,
+            **body_schema(
+                {
+                    "url": "Apprise URL (slack://, ntfy://, json://...) or http(s) webhook URL",
+                    "kind": "apprise or webhook (default: webhook for http(s) URLs)",
+                    "secret": "webhook only: whsec_<base64>; made for you when absent",
+                    "min_severity": "warning (default) or critical",
+                    "event_types": "comma-separated event types; empty: all",
+                    "api_key": KEY_DOC,
+                },
+                ["url"],
+            ),
+        },
+    )
+    async def add_channel(request: Request) -> Any:
+        return await answer(request, _add)
+
+    @router.delete(
+        PREFIX + "/{channel_id}", tags=["channels"], summary="Remove a channel", openapi_extra=KEY_QUERY
+    )
+    async def delete_channel(channel_id: int, request: Request) -> Any:
+        return await answer(request, lambda x: _remove(x, channel_id))
+
+    @router.post(
+        PREFIX + "/{channel_id}/test",
+        tags=["channels"],
+        summary="Send a test notification; the receiver's answer",
+        openapi_extra=KEY_QUERY,
+    )
+    async def test_channel(channel_id: int, request: Request) -> Any:
+        return await answer(request, lambda x: _test(x, channel_id))
