@@ -176,6 +176,17 @@ def _read_targets(targets: Sequence[str], files: Sequence[TextIO]) -> list[Endpo
     help="Processes to spread the handshakes over (for thousands of targets).",
 )
 @click.option(
+    "--rdap",
+    is_flag=True,
+    help="Also look up each domain's registration expiry by RDAP (registration_expires,"
+    " domain_expires_soon, domain_expired).",
+)
+@click.option(
+    "--rdap-bootstrap",
+    metavar="URL",
+    help="RDAP bootstrap file to find each TLD's RDAP server (default: IANA's).",
+)
+@click.option(
     "--no-old-protocols",
     is_flag=True,
     help="Skip the extra handshake that checks whether TLS 1.0/1.1 are still accepted (old_protocol).",
@@ -210,6 +221,8 @@ def scan(
     concurrency: int,
     per_address: int,
     workers: int,
+    rdap: bool,
+    rdap_bootstrap: str | None,
     no_old_protocols: bool,
     no_revocation: bool,
     acme_directories: tuple[str, ...],
@@ -248,6 +261,8 @@ def scan(
             revocation=not no_revocation,
             old_protocols=not no_old_protocols,
             resolve=tuple(pinned),
+            rdap=rdap or rdap_bootstrap is not None,
+            rdap_bootstrap=rdap_bootstrap,
             acme_directories=acme_directories,
             client_cert=client_cert,
             client_key=client_key,

@@ -37,6 +37,8 @@ class ScanOptions:
     old_protocols: bool = True
     # (host, port, address): connect there instead of resolving host (curl's --resolve).
     resolve: tuple[tuple[str, int, str], ...] = ()
+    rdap: bool = False  # look up the registrable domain's registration expiry (scan.rdap)
+    rdap_bootstrap: str | None = None  # RDAP bootstrap file URL; None: IANA's
     revocation: bool = True  # ask CRLs and OCSP responders (keychest scan --no-revocation)
     acme_directories: tuple[str, ...] = ()  # ACME directories of private CAs, for ARI
 
@@ -62,6 +64,7 @@ class AddressResult:
     tls_version: str | None = None
     cipher: str | None = None
     elapsed: float = 0.0
+    registration_expires: datetime | None = None  # the domain's, by RDAP (None: not asked or unknown)
     revocation: Revocation | None = None  # None: not checked (--no-revocation, or no certificate)
     ari: RenewalInfo | None = None  # None: no ACME directory known for the issuer, or no answer
 

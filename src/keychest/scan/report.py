@@ -72,6 +72,7 @@ def result_to_json(result: AddressResult) -> dict[str, Any]:
         "tls_version": result.tls_version,
         "cipher": result.cipher,
         "problems": [p.as_dict() for p in verdict.problems] if verdict else [],
+        "registration_expires": iso_utc(result.registration_expires) if result.registration_expires else None,
         "revocation": result.revocation.as_dict() if result.revocation else None,
         "ari": result.ari.as_dict() if result.ari else None,
         "scanned_at": iso_utc(result.scanned_at),

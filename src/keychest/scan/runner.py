@@ -22,6 +22,7 @@ from datetime import datetime
 
 from cryptography import x509
 
+from keychest.scan import rdap
 from keychest.scan.ari import ari_problems
 from keychest.scan.checks import AriChecker, RevocationChecker
 from keychest.scan.errors import ErrorKind, ScanError, ScanFailure
@@ -118,6 +119,13 @@ class Scanner:
         self.revocation = RevocationChecker(self.fetcher, clock)
         self.ari = AriChecker(self.fetcher, clock, options.acme_directories)
         self.clock = clock
+        self.rdap = (
+            rdap.RdapClient(
+                rdap.rdap_fetcher(self.fetcher), clock, options.rdap_bootstrap or rdap.IANA_BOOTSTRAP
+            )
+            if options.rdap
+            else None
+        )
         self._slots = asyncio.Semaphore(options.concurrency)
         self._per_address: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
         self._parked = 0
@@ -187,14 +195,37 @@ class Scanner:
         try:
             addresses = pinned or await self.resolver.resolve(endpoint.host)
         except ScanFailure as failure:
-            return [AddressResult(endpoint, None, utc_now(), error=failure.error)]
+            return await self._with_registration(
+                endpoint, [AddressResult(endpoint, None, utc_now(), error=failure.error)]
+            )
         parking = _Parking(self, len(addresses))
         try:
             results = await asyncio.gather(*(self.scan_target(endpoint.at(ip), parking) for ip in addresses))
         finally:
             if parking.parked:  # cancelled while parked
                 parking.change(pending=-parking.pending, waiting=-parking.waiting)
-        return mark_stale_deployments(results)
+        return await self._with_registration(endpoint, mark_stale_deployments(results))
+
+    async def _with_registration(
+        self, endpoint: Endpoint, results: list[AddressResult]
+    ) -> list[AddressResult]:
+        """The domain's registration expiry (RDAP) on every row, and its problems on judged ones."""
+        if self.rdap is None:
+            return results
+        registration = await self.rdap.lookup(endpoint.host)
+        if registration is None or registration.expires is None:
+            return results
+        found = rdap.problems(registration.domain, registration.expires, self.clock())
+        marked = []
+        for result in results:
+            verdict = result.verdict
+            if verdict is not None:
+                for problem in found:
+                    verdict = verdict.with_problem(problem)
+            marked.append(
+                dataclasses.replace(result, verdict=verdict, registration_expires=registration.expires)
+            )
+        return marked
 
     async def scan_target(self, target: ScanTarget, parking: _Parking | None = None) -> AddressResult:
         """Probe one address already resolved. The guard is checked on exactly this address."""
