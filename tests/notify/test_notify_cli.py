@@ -119,3 +119,41 @@ def test_serve_refuses_bad_channel_flags(tmp_path: Path) -> None:
         "serve", "--data-dir", data, "--webhook", "https://h.example/x", "--webhook-secret-file", str(path)
     )
     assert done.returncode == 2 and "whsec_" in done.stderr
+
+
+def _snippet(language: str) -> str:
+    text = (Path(__file__).parents[2] / "docs" / "notify.md").read_text()
+    start = text.index(f"```{language}\n", text.index("## Verifying the signature")) + len(language) + 4
+    return text[start : text.index("```", start)]
+
+
+def test_docs_verification_snippets_accept_a_real_delivery_and_refuse_a_forged_one(tmp_path: Path) -> None:
+    secret, path = secret_file(tmp_path)
+    with receiver() as hook:
+        done = keychest(
+            "notify", "test", hook.url, "--webhook-secret-file", str(path), "--allow-private-targets"
+        )
+        assert done.returncode == 0, done.stderr
+        [request] = hook.wait_for(1)
+    namespace: dict[str, object] = {}
+    exec(_snippet("python"), namespace)
+    verify = namespace["verify"]
+    assert verify(secret, request.headers, request.body) is True  # type: ignore[operator]
+    assert verify(secret, request.headers, request.body + b" ") is False  # type: ignore[operator]
+    (tmp_path / "body.json").write_bytes(request.body)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SECRET": secret,
+        "WEBHOOK_ID": request.headers["webhook-id"],
+        "WEBHOOK_TIMESTAMP": request.headers["webhook-timestamp"],
+        "WEBHOOK_SIGNATURE": request.headers["webhook-signature"],
+    }
+    ok = subprocess.run(
+        ["bash", "-c", _snippet("bash")], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and ok.stdout.strip() == "valid", ok.stderr
+    (tmp_path / "body.json").write_bytes(request.body.replace(b"test", b"tost", 1))
+    bad = subprocess.run(
+        ["bash", "-c", _snippet("bash")], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and bad.stdout.strip() == "INVALID"
