@@ -111,3 +111,8 @@ class Settings:
     migrate: bool = False
     # /metrics per-address series: "problems" (not ok, or expiring within --warn-days) or "all".
     metrics_per_endpoint: str = "problems"
+    # A scanner or mailer serves /healthz and /metrics on http_host:http_port (--http-listen
+    # given for that role); api and all always serve HTTP.
+    role_http: bool = False
+    # PostgreSQL connections this process keeps open (plus up to 10 more in bursts).
+    db_pool_size: int = 5

@@ -25,7 +25,12 @@ from keychest.scan.model import ScanOptions
 @click.command()
 @db_option
 @env_option("--line-listen", default="0.0.0.0:10023", show_default=True, help="Line API HOST:PORT.")
-@env_option("--http-listen", default="127.0.0.1:8080", show_default=True, help="HTTP HOST:PORT.")
+@env_option(
+    "--http-listen",
+    default=None,
+    help="HTTP HOST:PORT. Roles scanner and mailer serve only /healthz and /metrics there, and "
+    "only when it is given. [default: 127.0.0.1:8080 for roles all and api]",
+)
 @env_option(
     "--mail-domain",
     default=None,
@@ -173,6 +178,12 @@ from keychest.scan.model import ScanOptions
 )
 @env_option("--resolver", default=None, help="DNS server HOST[:PORT] to ask instead of the system resolver.")
 @env_option(
+    "--no-rdap",
+    is_flag=True,
+    help="Do not look up domains' registration expiry by RDAP (domain_expires_soon, domain_expired).",
+)
+@env_option("--rdap-bootstrap", default=None, metavar="URL", help="RDAP bootstrap file. [default: IANA's]")
+@env_option(
     "--allow-private-targets",
     is_flag=True,
     default=False,
@@ -200,6 +211,13 @@ from keychest.scan.model import ScanOptions
     "name the client address. [default: none]",
 )
 @env_option(
+    "--db-pool-size",
+    type=int,
+    default=Settings.db_pool_size,
+    show_default=True,
+    help="PostgreSQL connections this process keeps open (up to 10 more in bursts).",
+)
+@env_option(
     "--metrics-per-endpoint",
     type=click.Choice(["problems", "all"]),
     default="problems",
@@ -223,7 +241,7 @@ def serve(
     db_url: str | None,
     data_dir: Path,
     line_listen: str,
-    http_listen: str,
+    http_listen: str | None,
     mail_domain: str | None,
     keys_per_ip_per_hour: int,
     apikey_burst: int,
@@ -250,6 +268,8 @@ def serve(
     client_cert: str | None,
     client_key: str | None,
     resolver: str | None,
+    no_rdap: bool,
+    rdap_bootstrap: str | None,
     allow_private_targets: bool,
     acme_directories: tuple[str, ...],
     smtp: str | None,
@@ -263,6 +283,7 @@ def serve(
     webhook_secret_file: str | None,
     migrate: bool,
     metrics_per_endpoint: str,
+    db_pool_size: int,
     proxy_protocol: bool,
     trusted_proxies: str,
     log_level: str,
@@ -275,7 +296,7 @@ def serve(
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     mail_domain_value = (mail_domain or default_mail_domain()).lower().rstrip(".")
     line_host, line_port = parse_listen(line_listen)
-    http_host, http_port = parse_listen(http_listen, "127.0.0.1")
+    http_host, http_port = parse_listen(http_listen or "127.0.0.1:8080", "127.0.0.1")
     if line_tls_listen and not (tls_cert and tls_key):
         raise click.UsageError("--line-tls-listen needs --tls-cert and --tls-key")
     proxies = _trusted_proxies(trusted_proxies)
@@ -329,6 +350,8 @@ def serve(
             acme_directories=acme_directories,
             client_cert=client_cert,
             client_key=client_key,
+            rdap=not no_rdap,
+            rdap_bootstrap=rdap_bootstrap,
         ),
         scheduler=SchedulerSettings(
             interval_s=parse_duration(scan_interval),
@@ -338,6 +361,8 @@ def serve(
         role=role,
         migrate=migrate,
         metrics_per_endpoint=metrics_per_endpoint,
+        db_pool_size=db_pool_size,
+        role_http=http_listen is not None and role in ("scanner", "mailer"),
         mail=mail_settings(
             smtp,
             smtp_user,

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Concatenate, ParamSpec, TypeVar
 
 from keychest.notify import smtp
-from keychest.service import alerting, outbox, reports
+from keychest.service import alerting, liveness, outbox, reports
 from keychest.service.context import Ctx
 from keychest.service.facade import Keychest
 
@@ -100,6 +100,7 @@ class Sender:
             while True:
                 try:
                     tried = await self.run_once()
+                    liveness.mark("mailer")  # a pass that reached the database (/healthz)
                 except asyncio.CancelledError:
                     raise
                 except Exception:

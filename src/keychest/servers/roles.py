@@ -7,14 +7,17 @@ import contextlib
 import errno
 import gc
 import logging
+import os
 import resource
 import signal
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import uvicorn
 
+from keychest import __version__
 from keychest.config import Settings
 from keychest.servers.dispatch import Dispatcher
 from keychest.servers.http import bind, http_server
@@ -22,8 +25,10 @@ from keychest.servers.line import LineServer, WriteBatcher
 from keychest.servers.mailer import MAILER_PARTS
 from keychest.servers.notifier import NOTIFY_PARTS
 from keychest.servers.scheduler import ScanScheduler
+from keychest.service import heartbeats, liveness
 from keychest.service.errors import StorageUnavailable
 from keychest.service.facade import Keychest
+from keychest.service.heartbeats import ProcessInfo
 from keychest.web import metrics
 from keychest.web.app import create_app
 
@@ -41,6 +46,24 @@ async def run_scanner(service: Keychest) -> None:
     scheduler = ScanScheduler(service, settings.scheduler, settings.scan)
     scheduler.on_recorded.append(metrics.observe_scan)
     await scheduler.run()
+
+
+HEARTBEAT_S = 10.0
+
+
+async def run_heartbeat(service: Keychest) -> None:
+    """Every HEARTBEAT_S, this process's row in heartbeats: any node's /metrics shows it alive."""
+    process = ProcessInfo(service.settings.role, socket.gethostname(), os.getpid(), __version__)
+    failing = False
+    while True:
+        try:
+            await asyncio.to_thread(service.call, heartbeats.beat, process, liveness.oldest())
+            failing = False
+        except Exception as exc:  # the database is away: the loops say so themselves
+            if not failing:
+                log.warning("heartbeat not written: %s", exc)
+            failing = True
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 async def run_checkpointer(service: Keychest) -> None:
@@ -108,6 +131,7 @@ class Process:
         try:
             if service.is_sqlite:
                 self.extra_parts.append(run_checkpointer)
+            self.extra_parts.append(run_heartbeat)
             if self.settings.role not in ("all", "api"):
                 await self._run_background(service, parts_for(self.settings.role) + self.extra_parts)
             else:
@@ -212,13 +236,29 @@ class Process:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        tasks = [_start(part, service) for part in parts]
-        log.info("keychest %s running", self.settings.role)
+        settings = self.settings
+        http: uvicorn.Server | None = None
+        tasks: list[asyncio.Task[None]] = []
+        if settings.role_http:
+            # /healthz and /metrics of this scanner or mailer (--http-listen).
+            try:
+                sock = bind(settings.http_host, settings.http_port)
+            except OSError as exc:
+                raise _listen_failure(settings.http_host, settings.http_port, "--http-listen", exc) from None
+            http = http_server(metrics.create_role_app(service), settings)
+            tasks.append(asyncio.create_task(http.serve(sockets=[sock]), name="http"))
+        tasks += [_start(part, service) for part in parts]
+        where = f" (/healthz and /metrics on {settings.http_host}:{settings.http_port})" if http else ""
+        log.info("keychest %s running%s", settings.role, where)
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if http is not None:
+            http.should_exit = True
         for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            if task.get_name() != "http":
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
 
 
 def raise_open_files_limit() -> None:

@@ -25,7 +25,7 @@ from keychest.config import SchedulerSettings
 from keychest.scan.model import ScanOptions
 from keychest.scan.runner import Scanner
 from keychest.scan.targets import Endpoint
-from keychest.service import scans
+from keychest.service import liveness, scans
 from keychest.service.context import Ctx
 from keychest.service.facade import Keychest
 
@@ -108,6 +108,7 @@ class ScanScheduler:
                         log.warning("leasing failed (%r); retrying in %gs", exc, self.settings.db_retry_s)
                         await asyncio.sleep(self.settings.db_retry_s)
                         continue
+                liveness.mark("scanner")  # a lease round that reached the database (/healthz)
                 held = set(in_flight.values())
                 for item in due:
                     if item.id in held:

@@ -9,6 +9,7 @@ uses it for group commit, so that a durable ``ok`` costs one fsync per batch, no
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,7 +96,12 @@ class Keychest:
         Raises StorageUnavailable with one line a person can act on when the database cannot
         be opened or written (a read-only data directory, a PostgreSQL that refuses us).
         """
-        db = Database(settings.db_url, sqlite_autocheckpoint=False)
+        db = Database(
+            settings.db_url,
+            sqlite_autocheckpoint=False,
+            pool_size=settings.db_pool_size,
+            application_name=f"keychest {settings.role} {socket.gethostname()}",
+        )
         try:
             state = schema_state(db)
             # An empty database is a first start; any other upgrade is the operator's decision

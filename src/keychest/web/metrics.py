@@ -32,8 +32,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from keychest.service import liveness
+from keychest.service.errors import StorageUnavailable
 from keychest.service.facade import Keychest
-from keychest.service.metrics import address_metrics, metric_aggregates
+from keychest.service.heartbeats import heartbeats
+from keychest.service.metrics import address_metrics, database_ok, metric_aggregates
 
 if TYPE_CHECKING:
     from keychest.scan.model import AddressResult
@@ -192,9 +195,90 @@ class ScanResultsCollector(Collector):
             yield earliest
 
 
+class HeartbeatCollector(Collector):
+    """Every keychest process's heartbeat row: a dead scanner shows on any node's /metrics."""
+
+    def __init__(self, service: Keychest) -> None:
+        self.service = service
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["role", "host", "pid", "version"]
+        seen = GaugeMetricFamily(
+            "keychest_heartbeat_age_seconds",
+            "Seconds since each keychest process (any role, any machine) last wrote its heartbeat "
+            "(every 10 s while it runs).",
+            labels=labels,
+        )
+        passed = GaugeMetricFamily(
+            "keychest_loop_pass_age_seconds",
+            "Seconds since the main loop of each process last went round (scanner: a lease round; "
+            "mailer: an outbox round), as of its last heartbeat.",
+            labels=labels,
+        )
+        for row in self.service.read(heartbeats):
+            values = [row.role, row.host, str(row.pid), row.version]
+            seen.add_metric(values, row.age_s)
+            if row.pass_age_s is not None:
+                passed.add_metric(values, row.pass_age_s)
+        yield from (seen, passed)
+
+
+class LivenessCollector(Collector):
+    """This process's own loops (/metrics of a scanner or mailer)."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ages = GaugeMetricFamily(
+            "keychest_process_loop_age_seconds",
+            "Seconds since this process's loop last went round.",
+            labels=["loop"],
+        )
+        for loop, age in liveness.ages().items():
+            ages.add_metric([loop], age)
+        yield ages
+
+
+# /healthz of a scanner or mailer fails when its loop has not gone round for this long.
+LOOP_STALE_S = 120.0
+
+
+def create_role_app(service: Keychest) -> FastAPI:
+    """HTTP of a scanner or mailer process (--http-listen): /healthz and /metrics only."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LivenessCollector())
+    registry.register(HeartbeatCollector(service))
+
+    @app.get("/healthz", response_class=PlainTextResponse)
+    def healthz() -> PlainTextResponse:
+        try:
+            service.read(database_ok)
+        except StorageUnavailable:
+            return PlainTextResponse("database unreachable\n", status_code=503)
+        age = liveness.oldest()
+        if age is None:
+            return PlainTextResponse("starting: no loop pass yet\n", status_code=503)
+        if age > LOOP_STALE_S:
+            return PlainTextResponse(f"loop stuck: last pass {age:.0f} s ago\n", status_code=503)
+        return PlainTextResponse(f"ok: last pass {age:.1f} s ago\n")
+
+    _metrics_route(app, service, registry)
+    return app
+
+
 def install(app: FastAPI, service: Keychest) -> None:
     scans = CollectorRegistry(auto_describe=False)
     scans.register(ScanResultsCollector(service))
+    scans.register(HeartbeatCollector(service))
+    _metrics_route(app, service, scans)
+
+
+def _metrics_route(app: FastAPI, service: Keychest, scans: CollectorRegistry) -> None:
 
     token = service.settings.metrics_token
 
