@@ -83,6 +83,8 @@ class NotifySettings:
     webhook_secret: str | None = None  # whsec_...: read from --webhook-secret-file
     timeout_s: float = 10.0  # per delivery: a dead receiver holds its own channel this long
     retry_base_s: float = 30.0
+    # An open, unacknowledged critical incident is sent again this often (0: never).
+    renotify_s: float = 86400.0
     # Channels reach private addresses only when the scanner may (--allow-private-targets).
 
 
@@ -116,3 +118,5 @@ class Settings:
     role_http: bool = False
     # PostgreSQL connections this process keeps open (plus up to 10 more in bursts).
     db_pool_size: int = 5
+    # How long `serve` waits at start for a database that does not answer yet (--db-wait).
+    db_start_timeout_s: float = 300.0

@@ -13,7 +13,7 @@ one says what is true now.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from keychest.notify.alerts import ISSUER_CHANGE_WINDOW, Policy, thresholds
@@ -54,6 +54,8 @@ class Event:
     problems: tuple[str, ...] = ()
     # The key of the incident this event closes (certificate.valid, endpoint.recovered).
     closes: str | None = None
+    # Sent before: an open incident repeated (--renotify), not a new one.
+    repeat: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,9 +294,15 @@ def decide(
     open_incidents: Mapping[str, OpenIncident],
     channel: Filter = ALL,
     policy: Policy = DEFAULT_POLICY,
+    repeat: frozenset[str] = frozenset(),
 ) -> Decision:
-    """The events to send one channel now, and the incidents to close without one."""
-    true_keys = {e.key for e in _true(endpoints, changes, now, sent, policy)}
+    """The events to send one channel now, and the incidents to close without one.
+
+    ``repeat``: open incidents due to be sent again (unacknowledged, critical, --renotify
+    elapsed); each still true is sent again as it is now, marked ``repeat``."""
+    true_events = _true(endpoints, changes, now, sent, policy)
+    true_keys = {e.key for e in true_events}
+    again = [replace(e, repeat=True) for e in true_events if e.key in repeat and e.key in open_incidents]
     new = [e for e in current(endpoints, changes, now, sent, policy) if channel.wants(e)]
     by_id = {e.id: e for e in endpoints}
     opening = {(e.type, e.endpoint_id, e.ip) for e in new if e.type in CLOSES}
@@ -327,7 +335,7 @@ def decide(
                 closes=incident.key,
             )
         )
-    return Decision([e for e in events if channel.wants(e)] + new, quiet)
+    return Decision([e for e in events if channel.wants(e)] + new + again, quiet)
 
 
 def _served(endpoint: EndpointFacts, ip: str | None) -> CertInfo | None:

@@ -9,8 +9,10 @@ queued once per channel whatever rescans, restarts or parallel passes happen (th
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -18,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from keychest.notify import events as rules
 from keychest.notify import payload as payloads
 from keychest.notify.alerts import Policy
-from keychest.service import alerting, channels, outbox, visibility
+from keychest.service import alerting, channels, errors, outbox, tokens, visibility
 from keychest.service.context import Ctx
 from keychest.store.models import Account, Channel, ChannelEvent, Endpoint
 
@@ -29,26 +31,51 @@ class PassResult:
     queued: int
 
 
-def _open(ctx: Ctx, channel_id: int) -> tuple[frozenset[str], dict[str, rules.OpenIncident]]:
+def _open(ctx: Ctx, channel_id: int) -> tuple[frozenset[str], dict[str, rules.OpenIncident], frozenset[str]]:
+    """What the channel got, its open incidents, and those due to be sent again."""
+    renotify = ctx.settings.notify.renotify_s
+    due_before = ctx.now - timedelta(seconds=renotify)
     sent: set[str] = set()
     open_: dict[str, rules.OpenIncident] = {}
-    for key, type_, endpoint_id, ip, closed_at in ctx.session.execute(
+    repeat: set[str] = set()
+    for key, type_, endpoint_id, ip, severity, closed_at, last_sent_at, acked_at in ctx.session.execute(
         select(
             ChannelEvent.event_key,
             ChannelEvent.type,
             ChannelEvent.endpoint_id,
             ChannelEvent.ip,
+            ChannelEvent.severity,
             ChannelEvent.closed_at,
+            ChannelEvent.last_sent_at,
+            ChannelEvent.acked_at,
         ).where(ChannelEvent.channel_id == channel_id)
     ):
         sent.add(key)
         if closed_at is None and type_ in rules.CLOSES:
             open_[key] = rules.OpenIncident(key, type_, endpoint_id, ip)
-    return frozenset(sent), open_
+            if (
+                renotify > 0
+                and severity == "critical"
+                and acked_at is None
+                and last_sent_at is not None
+                and last_sent_at <= due_before
+            ):
+                repeat.add(key)
+    return frozenset(sent), open_, frozenset(repeat)
 
 
-def _record(ctx: Ctx, channel: Channel, decision: rules.Decision) -> bool:
-    """Write the channel's events and close its incidents; False when another pass won."""
+def ack_path(raw: str) -> str:
+    return f"/ack/{raw}"
+
+
+def _ack_token() -> tuple[str, str]:
+    raw = secrets.token_urlsafe(32)
+    return raw, tokens.hash_token(raw)
+
+
+def _record(ctx: Ctx, channel: Channel, decision: rules.Decision, acks: dict[str, str]) -> bool:
+    """Write the channel's events and close its incidents; False when another pass won.
+    ``acks``: event key -> the hash of its new ack token (incidents only)."""
     rows = [
         {
             "channel_id": channel.id,
@@ -60,14 +87,24 @@ def _record(ctx: Ctx, channel: Channel, decision: rules.Decision) -> bool:
             "opened_at": ctx.now,
             # Only incidents stay open; every other event is over once sent.
             "closed_at": None if e.type in rules.CLOSES else ctx.now,
+            "last_sent_at": ctx.now,
+            "ack_hash": acks.get(e.key),
         }
         for e in decision.events
+        if not e.repeat
     ]
     closing = [e.closes for e in decision.events if e.closes] + decision.closed_quietly
     try:
         with ctx.session.begin_nested():
             if rows:
                 ctx.session.execute(insert(ChannelEvent), rows)
+            for e in decision.events:
+                if e.repeat:
+                    ctx.session.execute(
+                        update(ChannelEvent)
+                        .where(ChannelEvent.channel_id == channel.id, ChannelEvent.event_key == e.key)
+                        .values(last_sent_at=ctx.now, ack_hash=acks.get(e.key))
+                    )
             if closing:
                 ctx.session.execute(
                     update(ChannelEvent)
@@ -110,7 +147,7 @@ def run_pass(ctx: Ctx) -> PassResult:
     for channel in live:
         ids = all_ids if channel.account_id is None else by_account.get(channel.account_id, [])
         mine = set(ids)
-        sent, open_ = _open(ctx, channel.id)
+        sent, open_, repeat = _open(ctx, channel.id)
         decision = rules.decide(
             [facts[i] for i in ids if i in facts],
             [c for c in changes if c.endpoint_id in mine],
@@ -119,10 +156,12 @@ def run_pass(ctx: Ctx) -> PassResult:
             open_,
             rules.Filter(channel.min_severity, frozenset(channel.event_types or ())),
             policy,
+            repeat,
         )
         if not decision.events and not decision.closed_quietly:
             continue
-        if not _record(ctx, channel, decision):
+        raw_acks = {e.key: _ack_token() for e in decision.events if e.type in rules.CLOSES}
+        if not _record(ctx, channel, decision, {k: h for k, (_, h) in raw_acks.items()}):
             continue
         account = (
             payloads.AccountRef(channel.account_id, emails.get(channel.account_id, ""))
@@ -140,7 +179,9 @@ def run_pass(ctx: Ctx) -> PassResult:
                 port=port,
                 account=account,
                 dashboard_url=dashboard_url,
-                ack_url=None,
+                ack_url=ctx.settings.mail.public_url + ack_path(raw_acks[event.key][0])
+                if event.key in raw_acks
+                else None,
             )
             outbox.enqueue_notification(
                 ctx,
@@ -151,3 +192,46 @@ def run_pass(ctx: Ctx) -> PassResult:
             )
             queued += 1
     return PassResult(len(live), queued)
+
+
+# --- acknowledge (the ack_url of an incident's notification) ----------------------------------
+
+
+@dataclass(frozen=True)
+class AckView:
+    type: str
+    endpoint: str  # host[:port] at ip
+    severity: str
+    opened_at: str
+    acked: bool
+    open: bool
+
+
+def _by_token(ctx: Ctx, raw: str) -> ChannelEvent:
+    row = ctx.session.scalar(select(ChannelEvent).where(ChannelEvent.ack_hash == tokens.hash_token(raw)))
+    if row is None:
+        raise errors.not_found("this link was used already, or replaced by a newer notification")
+    return row
+
+
+def _ack_view(ctx: Ctx, row: ChannelEvent) -> AckView:
+    endpoint = ctx.session.get(Endpoint, row.endpoint_id) if row.endpoint_id is not None else None
+    where = f"{endpoint.host}:{endpoint.port}" if endpoint is not None else "?"
+    if row.ip:
+        where += f" at {row.ip}"
+    return AckView(
+        row.type, where, row.severity, f"{row.opened_at:%Y-%m-%d %H:%M} UTC", row.acked_at is not None,
+        row.closed_at is None,
+    )  # fmt: skip
+
+
+def ack_info(ctx: Ctx, raw: str) -> AckView:
+    """What the link would acknowledge (GET shows it; only POST acts)."""
+    return _ack_view(ctx, _by_token(ctx, raw))
+
+
+def acknowledge(ctx: Ctx, raw: str) -> AckView:
+    """Stop repeating this incident until it changes or gets worse. The token is used up."""
+    row = _by_token(ctx, raw)
+    row.acked_at, row.ack_hash = ctx.now, None
+    return _ack_view(ctx, row)

@@ -390,6 +390,10 @@ class ChannelEvent(Base):
     severity: Mapped[str] = mapped_column(String(16))
     opened_at: Mapped[datetime] = mapped_column(DateTime)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_sent_at: Mapped[datetime | None] = mapped_column(DateTime)  # --renotify counts from it
+    # The SHA-256 of the single-use token in the last ack_url sent; NULL once used.
+    ack_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    acked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (UniqueConstraint("channel_id", "event_key", name="uq_channel_events_channel_key"),)
 

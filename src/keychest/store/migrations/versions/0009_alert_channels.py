@@ -51,9 +51,13 @@ def upgrade() -> None:
         sa.Column("severity", sa.String(length=16), nullable=False),
         sa.Column("opened_at", sa.DateTime(), nullable=False),
         sa.Column("closed_at", sa.DateTime(), nullable=True),
+        sa.Column("last_sent_at", sa.DateTime(), nullable=True),
+        sa.Column("ack_hash", sa.String(length=64), nullable=True),
+        sa.Column("acked_at", sa.DateTime(), nullable=True),
         sa.ForeignKeyConstraint(["channel_id"], ["channels.id"]),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("channel_id", "event_key", name="uq_channel_events_channel_key"),
+        sa.UniqueConstraint("ack_hash"),
     )
     op.add_column("outbox", sa.Column("channel_id", sa.BigInteger(), nullable=True))
     op.create_index("ix_outbox_channel_state_next", "outbox", ["channel_id", "state", "next_attempt_at"])
