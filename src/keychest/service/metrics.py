@@ -105,10 +105,12 @@ def metric_aggregates(ctx: Ctx) -> MetricAggregates:
         select(bucket, func.count()).where(Certificate.id.in_(served)).group_by(bucket)
     ):
         buckets[str(name)] = int(count)
+    # Over the whole verified path (blackbox_exporter's convention): an intermediate that
+    # expires before the leaf counts; rows scanned before it was stored fall back to the leaf.
     earliest = ctx.session.scalar(
-        select(func.min(Certificate.not_after)).join(
-            AddressState, AddressState.certificate_id == Certificate.id
-        )
+        select(func.min(func.coalesce(AddressState.earliest_not_after, Certificate.not_after)))
+        .select_from(Certificate)
+        .join(AddressState, AddressState.certificate_id == Certificate.id)
     )
     addresses = ctx.session.scalar(select(func.count()).select_from(AddressState)) or 0
     return MetricAggregates(by_state, buckets, earliest, int(addresses))

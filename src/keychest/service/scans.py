@@ -229,6 +229,9 @@ def record(
             ],
             "last_scan_at": now,
             "scan_seconds": result.elapsed,
+            "earliest_not_after": _naive(verdict.earliest_not_after)
+            if verdict and verdict.earliest_not_after
+            else None,
         }
         if old is None:
             ctx.session.execute(

@@ -214,6 +214,8 @@ class AddressState(Base):
     trusted: Mapped[bool | None] = mapped_column(Boolean)
     hostname_ok: Mapped[bool | None] = mapped_column(Boolean)
     problems: Mapped[list] = mapped_column(JSON, default=list)  # [{code, severity, message}]
+    # The soonest notAfter on the verified path (an intermediate may expire before the leaf).
+    earliest_not_after: Mapped[datetime | None] = mapped_column(DateTime)
     # Since when this address has shown this certificate (or this error).
     since: Mapped[datetime] = mapped_column(DateTime)
     last_scan_at: Mapped[datetime] = mapped_column(DateTime)
