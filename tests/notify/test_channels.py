@@ -296,3 +296,54 @@ def test_time_out_pauses_the_channel_and_releases_its_batch(db_url: str, secret:
         assert channel.paused_until == NOW + timedelta(seconds=30) and channel.failures == 1
         # Paused: the lease does not look at its queue at all.
         assert svc.call(outbox.lease_notifications, per_channel=20, lease_s=60) == []
+
+
+def test_ack_link_stops_repeats_and_is_single_use(db_url: str, hook: Receiver, secret: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from keychest.web.app import create_app
+
+    svc = make_service(
+        db_url, NotifySettings(webhook_urls=(hook.url,), webhook_secret=secret, renotify_s=3600)
+    )
+    endpoint_id = seen(
+        svc, "www.example.net", days_left=200, problems=["hostname_mismatch"], state="critical"
+    )
+    svc.call(incidents.run_pass)
+    drain(svc)
+    [first] = verified(hook, secret, 1)
+    ack_url = first["ack_url"]
+    assert ack_url.startswith(svc.settings.mail.public_url + "/ack/")
+    # Unacknowledged and critical: sent again once the renotify interval is over, not before.
+    svc.clock.now = NOW + timedelta(minutes=59)  # type: ignore[attr-defined]
+    assert svc.call(incidents.run_pass).queued == 0
+    svc.clock.now = NOW + timedelta(hours=1)  # type: ignore[attr-defined]
+    assert svc.call(incidents.run_pass).queued == 1
+    assert svc.call(incidents.run_pass).queued == 0
+    drain(svc)
+    second = verified(hook, secret, 2)[1]
+    assert second["type"] == "certificate.invalid" and second["ack_url"] != ack_url
+    path = second["ack_url"].removeprefix(svc.settings.mail.public_url)
+    with TestClient(create_app(svc)) as web:
+        # The first link was replaced by the newer notification's.
+        assert web.get(ack_url.removeprefix(svc.settings.mail.public_url)).status_code == 404
+        page = web.get(path)
+        assert page.status_code == 200 and 'method="post"' in page.text and "www.example.net" in page.text
+        # A GET (a chat app's link preview) acknowledges nothing:
+        assert svc.read(incidents.ack_info, path.removeprefix("/ack/")).acked is False
+        done = web.post(path)
+        assert done.status_code == 200 and "Acknowledged" in done.text
+        assert web.post(path).status_code == 404  # single use
+    svc.clock.now = NOW + timedelta(hours=10)  # type: ignore[attr-defined]
+    assert svc.call(incidents.run_pass).queued == 0
+    # Worse (other problems): a new incident, sent although the old one was acknowledged.
+    set_problems(svc, endpoint_id, ["hostname_mismatch", "untrusted"], "critical")
+    assert svc.call(incidents.run_pass).queued == 1
+
+
+def test_renotify_zero_never_repeats(db_url: str, hook: Receiver, secret: str) -> None:
+    svc = make_service(db_url, NotifySettings(webhook_urls=(hook.url,), webhook_secret=secret, renotify_s=0))
+    seen(svc, "www.example.net", days_left=200, problems=["hostname_mismatch"], state="critical")
+    assert svc.call(incidents.run_pass).queued == 1
+    svc.clock.now = NOW + timedelta(days=30)  # type: ignore[attr-defined]
+    assert svc.call(incidents.run_pass).queued == 0

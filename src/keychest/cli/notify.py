@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from keychest.cli.options import env_option
+from keychest.cli.options import env_option, parse_duration
 from keychest.config import NotifySettings
 from keychest.notify import deliver, payload, signing
 
@@ -34,6 +34,12 @@ def read_secret(path: str | None, flag: str = "--webhook-secret-file") -> str | 
 
 
 def notify_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = env_option(
+        "--renotify",
+        default="24h",
+        show_default=True,
+        help="Send an unacknowledged critical incident again this often (0: never), e.g. 12h.",
+    )(func)
     func = env_option(
         "--webhook-secret-file",
         type=click.Path(exists=True, dir_okay=False),
@@ -60,6 +66,7 @@ def notify_settings(
     webhook_secret_file: str | None,
     *,
     allow_private_targets: bool,
+    renotify: str = "24h",
 ) -> NotifySettings:
     """NotifySettings from the flags of :func:`notify_options`; a bad URL stops the start."""
     secret = read_secret(webhook_secret_file)
@@ -77,8 +84,12 @@ def notify_settings(
             raise click.BadParameter(
                 f"{deliver.kind_of(target.url)} {target.url!r}: {exc}", param_hint=flag
             ) from None
+    renotify_s = 0.0 if renotify.strip() in ("0", "0s") else parse_duration(renotify)
     return NotifySettings(
-        apprise_urls=tuple(notify_urls), webhook_urls=tuple(webhook_urls), webhook_secret=secret
+        apprise_urls=tuple(notify_urls),
+        webhook_urls=tuple(webhook_urls),
+        webhook_secret=secret,
+        renotify_s=renotify_s,
     )
 
 

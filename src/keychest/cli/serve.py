@@ -281,6 +281,7 @@ def serve(
     notify_urls: tuple[str, ...],
     webhook_urls: tuple[str, ...],
     webhook_secret_file: str | None,
+    renotify: str,
     migrate: bool,
     metrics_per_endpoint: str,
     db_pool_size: int,
@@ -374,7 +375,11 @@ def serve(
             f"http://{http_host}:{http_port}",
         ),
         notify=notify_settings(
-            notify_urls, webhook_urls, webhook_secret_file, allow_private_targets=allow_private_targets
+            notify_urls,
+            webhook_urls,
+            webhook_secret_file,
+            allow_private_targets=allow_private_targets,
+            renotify=renotify,
         ),
     )
     try:

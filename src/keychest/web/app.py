@@ -20,9 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from keychest import __version__
 from keychest.service.facade import Keychest
 from keychest.service.metrics import database_ok
-from keychest.web import dashboard, mailflow, metrics, rest
+from keychest.web import ack, dashboard, mailflow, metrics, rest
 
-FEATURES = (metrics, rest, mailflow, dashboard)
+FEATURES = (metrics, rest, mailflow, dashboard, ack)
 
 HERE = Path(__file__).parent
 # Swagger UI 5 (it renders OpenAPI 3.1, which FastAPI writes) and ReDoc, shipped as files in
