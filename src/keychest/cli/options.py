@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -23,7 +24,25 @@ def env_option(*decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Cal
     return click.option(*decls, envvar=envvar, **kwargs)
 
 
+def _read_db_password(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    # Kept out of the command's arguments: resolve_db_url puts it into the URL.
+    if value:
+        password = Path(value).read_text().strip()
+        if not password:
+            raise click.BadParameter(f"{value} is empty", param_hint="--db-password-file")
+        ctx.meta["keychest.db_password"] = password
+
+
 def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = env_option(
+        "--db-password-file",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        expose_value=False,
+        callback=_read_db_password,
+        help="File holding the password of the --db URL's user (kept out of the URL, the process "
+        "list and the environment).",
+    )(func)
     func = env_option("--db", "db_url", default=None, help="Database URL (default: SQLite in --data-dir).")(
         func
     )
@@ -37,6 +56,10 @@ def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def resolve_db_url(db_url: str | None, data_dir: Path) -> str:
+    context = click.get_current_context(silent=True)
+    password = context.meta.get("keychest.db_password") if context is not None else None
+    if db_url and password:
+        return with_password(db_url, password)
     if db_url:
         return db_url
     try:
@@ -46,6 +69,23 @@ def resolve_db_url(db_url: str | None, data_dir: Path) -> str:
             f"cannot create the data directory {data_dir} (--data-dir): {exc.strerror}"
         ) from None
     return sqlite_url_for(data_dir)
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` for its user (replacing any password it had)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise click.BadParameter(
+            "--db-password-file needs a --db URL with a user, e.g. postgresql://keychest@db/keychest"
+        )
+    netloc, slash, tail = rest.partition("/")
+    credentials, at, host = netloc.rpartition("@")
+    if not at:
+        raise click.BadParameter(
+            "--db-password-file needs a user in the --db URL (postgresql://USER@HOST/DB)"
+        )
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:{quote(password, safe='')}@{host}{slash}{tail}"
 
 
 def parse_listen(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:

@@ -211,6 +211,12 @@ from keychest.scan.model import ScanOptions
     "name the client address. [default: none]",
 )
 @env_option(
+    "--db-wait",
+    default="5m",
+    show_default=True,
+    help="At start, how long to wait for a database that does not answer yet (retrying with back-off).",
+)
+@env_option(
     "--db-pool-size",
     type=int,
     default=Settings.db_pool_size,
@@ -285,6 +291,7 @@ def serve(
     migrate: bool,
     metrics_per_endpoint: str,
     db_pool_size: int,
+    db_wait: str,
     proxy_protocol: bool,
     trusted_proxies: str,
     log_level: str,
@@ -363,6 +370,7 @@ def serve(
         migrate=migrate,
         metrics_per_endpoint=metrics_per_endpoint,
         db_pool_size=db_pool_size,
+        db_start_timeout_s=parse_duration(db_wait),
         role_http=http_listen is not None and role in ("scanner", "mailer"),
         mail=mail_settings(
             smtp,

@@ -49,6 +49,8 @@ async def run_scanner(service: Keychest) -> None:
 
 
 HEARTBEAT_S = 10.0
+# Back-off between attempts to reach the database at start: 1, 2, 4, ... seconds, at most this.
+DB_RETRY_MAX_S = 30.0
 
 
 async def run_heartbeat(service: Keychest) -> None:
@@ -124,10 +126,7 @@ class Process:
     extra_parts: list[Part] = field(default_factory=list)
 
     async def run(self) -> None:
-        try:
-            service = Keychest.open(self.settings)
-        except StorageUnavailable as exc:
-            raise StartupError(exc.text) from None
+        service = await self._open()
         try:
             if service.is_sqlite:
                 self.extra_parts.append(run_checkpointer)
@@ -138,6 +137,23 @@ class Process:
                 await self._run_api(service)
         finally:
             service.close()
+
+    async def _open(self) -> Keychest:
+        """The service, waiting with back-off while PostgreSQL is not up yet (one line per try)."""
+        delay = 1.0
+        waited = 0.0
+        attempt = 1
+        while True:
+            try:
+                return await asyncio.to_thread(Keychest.open, self.settings)
+            except StorageUnavailable as exc:
+                if not exc.retry or waited >= self.settings.db_start_timeout_s:
+                    raise StartupError(exc.text) from None
+                log.warning("%s; attempt %d, retrying in %.0f s", exc.text, attempt, delay)
+            await asyncio.sleep(delay)
+            waited += delay
+            attempt += 1
+            delay = min(delay * 2, DB_RETRY_MAX_S)
 
     async def _run_api(self, service: Keychest) -> None:
         settings = self.settings

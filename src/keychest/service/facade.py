@@ -115,7 +115,10 @@ class Keychest:
             raise StorageUnavailable(str(exc), retry=False) from exc
         except (OperationalError, InterfaceError, OSError) as exc:
             db.dispose()
-            raise StorageUnavailable(_open_failure(db, exc), retry=False) from exc
+            # A PostgreSQL server that is not up yet (a machine booting) is worth waiting for;
+            # an SQLite folder that is not writable is not.
+            retry = not db.is_sqlite and isinstance(exc, (OperationalError, InterfaceError))
+            raise StorageUnavailable(_open_failure(db, exc), retry=retry) from exc
         return cls(db, settings)
 
     @classmethod
