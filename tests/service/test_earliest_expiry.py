@@ -46,3 +46,30 @@ def test_earliest_expiry_is_stored_and_drives_the_metric(svc: Keychest, tmp_path
     aggregates = svc.read(metrics.metric_aggregates)
     assert aggregates.earliest_expiry is not None
     assert aggregates.earliest_expiry.replace(tzinfo=None) == leaf_not_after.replace(tzinfo=None)
+
+
+def test_servers_page_sorts_by_the_earliest_expiry(svc: Keychest, tmp_path: Path) -> None:  # noqa: F811
+    from keychest.service import accounts, overview
+
+    certs = CertFactory(tmp_path)
+    key = svc.call(keys.create).key
+    claimed = svc.call(accounts.claim, key, "owner@example.org")
+    svc.call(accounts.confirm, claimed.account_id, claimed.api_key_id)
+    long_leaf = svc.call(domains.add, key, "long.example.net").endpoint_id
+    short_leaf = svc.call(domains.add, key, "short.example.net").endpoint_id
+    far = served(certs.valid("long.example.net", days=60).chain_pem)
+    assert far.verdict is not None
+    # 60-day leaf under an intermediate that expires in 10 days...
+    soon = (NOW + dt.timedelta(days=10)).replace(tzinfo=dt.UTC)
+    far = dataclasses.replace(
+        far,
+        endpoint=Endpoint("long.example.net"),
+        verdict=dataclasses.replace(far.verdict, earliest_not_after=soon, earliest_days_left=10),
+    )
+    svc.call(scans.record, long_leaf, [far], interval_s=3600)
+    # ...sorts before a plain 30-day leaf.
+    near = served(certs.valid("short.example.net", days=30).chain_pem)
+    svc.call(scans.record, short_leaf, [dataclasses.replace(near, endpoint=Endpoint("short.example.net"))],
+             interval_s=3600)  # fmt: skip
+    page = svc.read(lambda ctx: overview.servers_page(ctx, claimed.account_id, sort="expiry"))
+    assert [line.domain for line in page.rows][:2] == ["long.example.net", "short.example.net"]

@@ -344,7 +344,10 @@ def servers_page(
     earliest = (
         select(
             AddressState.endpoint_id.label("endpoint_id"),
-            func.min(Certificate.not_after).label("not_after"),
+            # The first expiry on the verified path (an intermediate may go before the leaf).
+            func.min(func.coalesce(AddressState.earliest_not_after, Certificate.not_after)).label(
+                "not_after"
+            ),
         )
         .join(Certificate, Certificate.id == AddressState.certificate_id)
         .where(AddressState.endpoint_id.in_(account_endpoints(account_id)))
