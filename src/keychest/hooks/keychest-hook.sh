@@ -9,6 +9,9 @@
 #   /etc/letsencrypt/renewal-hooks/deploy/keychest-hook.sh   (deploy: once per renewed lineage)
 #   certbot ... --post-hook "/path/keychest-hook.sh post"    (or --deploy-hook ".../keychest-hook.sh deploy")
 #   keychest-hook.sh all      register every certificate certbot manages (e.g. once, after installing)
+#   lego ... run --run-hook /path/keychest-hook.sh    (and renew --renew-hook: LEGO_CERT_DOMAIN/_PATH)
+#   dehydrated: HOOK=/path/keychest-hook.sh           (deploy_cert reports a renewal,
+#                                                      invalid_challenge a failure; other calls do nothing)
 #
 # What it does: finds the domains (RENEWED_DOMAINS of a deploy hook; for a post hook
 # certbot's log of the current run, completed from the lineage's certificate), finds an
@@ -267,8 +270,11 @@ find_dirs() {
     STATE_FILE=$KEYCHEST_STATE_FILE
     parent_of "$STATE_FILE"; STATE_DIR=$PARENT
   else
-    case $SELF_DIR in
-      */renewal-hooks/*) STATE_DIR=${SELF_DIR%/*} ;;   # "beside the hooks"
+    case $CLIENT:$SELF_DIR in
+      # lego and dehydrated: in their own folder, as certbot's state is in certbot's
+      lego:*) STATE_DIR=${LEGO_CERT_PATH%/certificates/*} ;;
+      dehydrated:*) STATE_DIR=${BASEDIR:-$SELF_DIR} ;;
+      *:*/renewal-hooks/*) STATE_DIR=${SELF_DIR%/*} ;;   # "beside the hooks"
       *) STATE_DIR=$CONFIG/renewal-hooks ;;
     esac
     STATE_FILE=$STATE_DIR/keychest_apikey
@@ -302,7 +308,23 @@ extract_run() {
   rm -f -- "$WORK/tail.log"
 }
 
+detect_client() {  # CLIENT = lego, dehydrated or certbot, from how the hook was called
+  CLIENT=certbot
+  if [[ ${1:-} == *_* ]]; then CLIENT=dehydrated   # its hook calls: deploy_cert, invalid_challenge, ...
+  elif [[ -n ${LEGO_CERT_DOMAIN:-} && ${LEGO_CERT_PATH:-} == */certificates/* ]]; then CLIENT=lego
+  fi
+}
+
 detect_mode() {
+  case $CLIENT in
+    lego) MODE=lego; return ;;
+    dehydrated)
+      case ${1:-} in
+        deploy_cert | invalid_challenge) MODE=dehydrated ;;
+        *) MODE=pre ;;   # challenges, CSR, start/exit, unchanged: nothing to report (and no output)
+      esac
+      return ;;
+  esac
   case ${1:-} in
     pre | post | deploy | all | --pre | --post | --deploy | --all) MODE=${1#--}; return ;;
   esac
@@ -537,7 +559,20 @@ collect_domains() {
       collect_from_log
       ;;
     all) collect_all_lineages ;;
+    lego) collect_issued "${LEGO_CERT_DOMAIN:-}" "${LEGO_CERT_PATH:-}" ;;
+    dehydrated)
+      if [[ $DH_OP == deploy_cert ]]; then collect_issued "$DH_DOMAIN" "$DH_CERT"
+      else add_domain "$DH_DOMAIN" && RENEWAL[${DH_DOMAIN,,}]=failed; fi
+      ;;
   esac
+}
+
+collect_issued() {  # collect_issued DOMAIN CERT-FILE: lego's and dehydrated's newly issued certificate
+  local d sha
+  add_domain "$1"
+  while IFS= read -r d; do add_domain "$d" cert; done < <(cert_dns_names "$2")
+  sha=$(cert_sha256 "$2")
+  for d in "${DOMAINS[@]}"; do RENEWAL[$d]="renewed $sha"; done
 }
 
 # ---------------------------------------------------------------- which email
@@ -562,6 +597,9 @@ find_email() {
   local f e files=()
   EMAIL="" EMAIL_SOURCE=""
   if [[ -n $KEYCHEST_EMAIL ]]; then EMAIL=$KEYCHEST_EMAIL EMAIL_SOURCE=setting; fi
+  if [[ -z $EMAIL && $CLIENT == lego && -n ${LEGO_ACCOUNT_EMAIL:-} ]]; then
+    EMAIL=$LEGO_ACCOUNT_EMAIL EMAIL_SOURCE="lego's account"
+  fi
   # older certbot keeps the ACME account's contact in regr.json; prefer the lineage's account
   if [[ -z $EMAIL && -d $CONFIG/accounts ]] && safe_dir "$CONFIG/accounts"; then
     mapfile -t files < <(grep -rl -D skip --include=regr.json 'mailto:' "$CONFIG/accounts" 2>/dev/null | head -n 100)
@@ -830,9 +868,12 @@ main() {
   now_ms; t0=$NOW_MS
   trap 'log "interrupted"; exit 0' INT TERM HUP
 
+  detect_client "${1:-}"
+  DH_OP=${1:-} DH_DOMAIN=${2:-} DH_CERT=${4:-}   # dehydrated: OP DOMAIN KEY CERT FULLCHAIN CHAIN ...
   find_dirs
   extract_run
   detect_mode "${1:-}"
+  [[ $MODE == pre && $CLIENT == dehydrated ]] && return 0   # dehydrated calls for every step
   if [[ $MODE == pre ]]; then log "nothing to do before certbot's work"; return 0; fi
   collect_domains
   note_renewals
