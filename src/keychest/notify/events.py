@@ -82,6 +82,23 @@ class Filter:
         return SEVERITIES.index(event.severity) >= SEVERITIES.index(self.min_severity)
 
 
+@dataclass(frozen=True)
+class Hold:
+    """A snooze or maintenance window on a server: while active, its events wait."""
+
+    starts_at: datetime
+    ends_at: datetime
+    weekly: bool = False  # the same span again every week after starts_at
+
+    def active(self, now: datetime) -> bool:
+        if now < self.starts_at:
+            return False
+        if not self.weekly:
+            return now < self.ends_at
+        return (now - self.starts_at) % WEEK < self.ends_at - self.starts_at
+
+
+WEEK = timedelta(days=7)
 DEFAULT_POLICY = Policy()
 ALL = Filter()
 

@@ -12,17 +12,17 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keychest.notify import events as rules
 from keychest.notify import payload as payloads
 from keychest.notify.alerts import Policy
-from keychest.service import alerting, channels, errors, outbox, tokens, visibility
+from keychest.service import alerting, channels, domains, errors, keys, outbox, tokens, visibility
 from keychest.service.context import Ctx
-from keychest.store.models import Account, Channel, ChannelEvent, Endpoint
+from keychest.store.models import Account, Channel, ChannelEvent, Endpoint, NotifyHold
 
 
 @dataclass(frozen=True)
@@ -141,13 +141,17 @@ def run_pass(ctx: Ctx) -> PassResult:
         e.id: (e.host, e.port) for e in ctx.session.scalars(select(Endpoint).where(Endpoint.id.in_(all_ids)))
     }
     emails = {a.id: a.email for a in ctx.session.scalars(select(Account).where(Account.id.in_(account_ids)))}
+    held = held_endpoints(ctx, all_ids)
     policy = Policy(warn_days=ctx.settings.scan.warn_days, crit_days=ctx.settings.scan.crit_days)
     dashboard_url = ctx.settings.mail.public_url + "/"
     queued = 0
     for channel in live:
         ids = all_ids if channel.account_id is None else by_account.get(channel.account_id, [])
+        # A held server is left out: its events wait, its open incidents stay as they are.
+        ids = [i for i in ids if i not in held]
         mine = set(ids)
         sent, open_, repeat = _open(ctx, channel.id)
+        open_ = {k: o for k, o in open_.items() if o.endpoint_id not in held}
         decision = rules.decide(
             [facts[i] for i in ids if i in facts],
             [c for c in changes if c.endpoint_id in mine],
@@ -235,3 +239,105 @@ def acknowledge(ctx: Ctx, raw: str) -> AckView:
     row = _by_token(ctx, raw)
     row.acked_at, row.ack_hash = ctx.now, None
     return _ack_view(ctx, row)
+
+
+# --- snooze and maintenance windows ---------------------------------------------------------
+
+SNOOZE = "snooze"
+MAINTENANCE = "maintenance"
+MAX_WINDOW = timedelta(days=7)  # a weekly window shorter than the week
+MAX_SNOOZE_DAYS = 365
+
+
+def held_endpoints(ctx: Ctx, endpoint_ids: list[int]) -> frozenset[int]:
+    rows = ctx.session.execute(
+        select(NotifyHold.endpoint_id, NotifyHold.starts_at, NotifyHold.ends_at, NotifyHold.weekly).where(
+            or_(NotifyHold.weekly.is_(True), NotifyHold.ends_at > ctx.now)
+        )
+    )
+    wanted = set(endpoint_ids)
+    return frozenset(
+        endpoint_id
+        for endpoint_id, starts_at, ends_at, weekly in rows
+        if endpoint_id in wanted and rules.Hold(starts_at, ends_at, weekly).active(ctx.now)
+    )
+
+
+@dataclass(frozen=True)
+class HoldView:
+    id: int
+    domain: str
+    kind: str
+    starts_at: datetime
+    ends_at: datetime
+    weekly: bool
+    active: bool
+
+
+def _hold_view(ctx: Ctx, row: NotifyHold) -> HoldView:
+    endpoint = ctx.session.get(Endpoint, row.endpoint_id)
+    name = str(domains.DomainName(endpoint.host, endpoint.port)) if endpoint is not None else "?"
+    active = rules.Hold(row.starts_at, row.ends_at, row.weekly).active(ctx.now)
+    return HoldView(row.id, name, row.kind, row.starts_at, row.ends_at, row.weekly, active)
+
+
+def _add_hold(
+    ctx: Ctx, raw_key: str, domain: str, kind: str, starts_at: datetime, ends_at: datetime, weekly: bool
+) -> HoldView:
+    endpoint = visibility.key_endpoint(ctx, raw_key, domain)
+    key = keys.use(ctx, raw_key)
+    row = NotifyHold(
+        endpoint_id=endpoint.id,
+        account_id=key.account_id,
+        kind=kind,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        weekly=weekly,
+        created_at=ctx.now,
+    )
+    ctx.session.add(row)
+    ctx.session.flush()
+    return _hold_view(ctx, row)
+
+
+def snooze(ctx: Ctx, raw_key: str, domain: str, days: float) -> HoldView:
+    """Hold a server's alerts for ``days`` from now."""
+    if not 0 < days <= MAX_SNOOZE_DAYS:
+        raise errors.invalid(f"days must be more than 0 and at most {MAX_SNOOZE_DAYS}")
+    return _add_hold(ctx, raw_key, domain, SNOOZE, ctx.now, ctx.now + timedelta(days=days), False)
+
+
+def maintenance(
+    ctx: Ctx, raw_key: str, domain: str, starts_at: datetime, ends_at: datetime, *, weekly: bool
+) -> HoldView:
+    if ends_at <= starts_at:
+        raise errors.invalid("the window must end after it starts")
+    if weekly and ends_at - starts_at >= MAX_WINDOW:
+        raise errors.invalid("a weekly window must be shorter than a week")
+    if not weekly and ends_at <= ctx.now:
+        raise errors.invalid("the window is over already")
+    return _add_hold(ctx, raw_key, domain, MAINTENANCE, starts_at, ends_at, weekly)
+
+
+def _key_holds(ctx: Ctx, raw_key: str) -> list[NotifyHold]:
+    key = keys.use(ctx, raw_key)
+    return list(
+        ctx.session.scalars(
+            select(NotifyHold)
+            .where(NotifyHold.endpoint_id.in_(visibility.key_endpoints(key)))
+            .order_by(NotifyHold.id)
+        )
+    )
+
+
+def holds(ctx: Ctx, raw_key: str) -> list[HoldView]:
+    """The snoozes and windows of the servers the key sees (over ones left out)."""
+    return [_hold_view(ctx, row) for row in _key_holds(ctx, raw_key) if row.weekly or row.ends_at > ctx.now]
+
+
+def remove_hold(ctx: Ctx, raw_key: str, hold_id: int) -> None:
+    for row in _key_holds(ctx, raw_key):
+        if row.id == hold_id:
+            ctx.session.delete(row)
+            return
+    raise errors.not_found("no such snooze or maintenance window")

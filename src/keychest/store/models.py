@@ -93,6 +93,8 @@ class Endpoint(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     host: Mapped[str] = mapped_column(String(253))
     port: Mapped[int] = mapped_column(Integer, default=443)
+    # What the port speaks (scan.protocols): https is TLS at once, smtp/imap/... STARTTLS.
+    protocol: Mapped[str] = mapped_column(String(16), default="https", server_default="https")
     created_at: Mapped[datetime] = mapped_column(DateTime)
     # When the scanner should look next; NULL never happens for a live endpoint.
     next_scan_at: Mapped[datetime | None] = mapped_column(DateTime)
@@ -439,3 +441,19 @@ class Heartbeat(Base):
     # (scanner: a lease round; mailer: an outbox round); NULL: no pass yet.
     seen_at: Mapped[datetime] = mapped_column(DateTime)
     last_pass_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class NotifyHold(Base):
+    """A server's snooze or maintenance window: its events wait, and go out afterwards only if
+    still true. ``weekly``: the same span again every week."""
+
+    __tablename__ = "notify_holds"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id"), index=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))  # who set it
+    kind: Mapped[str] = mapped_column(String(16))  # snooze, maintenance
+    starts_at: Mapped[datetime] = mapped_column(DateTime)
+    ends_at: Mapped[datetime] = mapped_column(DateTime)
+    weekly: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -59,6 +59,21 @@ def upgrade() -> None:
         sa.UniqueConstraint("channel_id", "event_key", name="uq_channel_events_channel_key"),
         sa.UniqueConstraint("ack_hash"),
     )
+    op.create_table(
+        "notify_holds",
+        sa.Column("id", BigId, nullable=False),
+        sa.Column("endpoint_id", BigId, nullable=False),
+        sa.Column("account_id", BigId, nullable=True),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("starts_at", sa.DateTime(), nullable=False),
+        sa.Column("ends_at", sa.DateTime(), nullable=False),
+        sa.Column("weekly", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["endpoint_id"], ["endpoints.id"]),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_notify_holds_endpoint_id", "notify_holds", ["endpoint_id"])
     op.add_column("outbox", sa.Column("channel_id", sa.BigInteger(), nullable=True))
     op.create_index("ix_outbox_channel_state_next", "outbox", ["channel_id", "state", "next_attempt_at"])
 
@@ -66,6 +81,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_outbox_channel_state_next", table_name="outbox")
     op.drop_column("outbox", "channel_id")
+    op.drop_index("ix_notify_holds_endpoint_id", table_name="notify_holds")
+    op.drop_table("notify_holds")
     op.drop_table("channel_events")
     op.drop_index("ix_channels_account_id", table_name="channels")
     op.drop_table("channels")
