@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook
 
 from keychest.config import NotifySettings, Settings
+from keychest.notify.events import Hold
 from keychest.scan.model import ScanOptions
 from keychest.servers.notifier import Notifier
 from keychest.service import accounts, domains, incidents, keys
@@ -20,7 +22,7 @@ from keychest.service.facade import Keychest
 from keychest.store.db import Database, upgrade
 from keychest.web.app import create_app
 from tests.notify.receiver import receiver
-from tests.notify.test_channels import Clock
+from tests.notify.test_channels import NOW, Clock
 
 
 def app_for(db_url: str, *, allow_private: bool) -> tuple[Keychest, TestClient]:
@@ -152,3 +154,73 @@ def problem_host(service: Keychest, host: str) -> None:
         )  # fmt: skip
 
     service.call(store)
+
+
+def test_snooze_holds_events_and_sends_what_is_still_true(private: tuple[Keychest, TestClient]) -> None:
+    service, client = private
+    key = confirmed_key(service, "ops@example.org", "www.example.net")
+    confirmed_key(service, "dev@example.org", "api.example.net")
+    with receiver() as hook:
+        answer = client.post("/api/v1.0/channels", json={"api_key": key, "url": hook.url})
+        assert answer.status_code == 200, answer.text
+        snoozed = client.post(
+            "/api/v1.0/servers/snooze", json={"api_key": key, "domain": "www.example.net", "days": "2"}
+        )
+        assert snoozed.status_code == 200, snoozed.text
+        hold = snoozed.json()["hold"]
+        assert hold["kind"] == "snooze" and hold["active"] is True
+        assert client.get("/api/v1.0/holds", params={"api_key": key}).json()["holds"] == [hold]
+        # Not the key's server: 404, as everywhere.
+        other = client.post(
+            "/api/v1.0/servers/snooze", json={"api_key": key, "domain": "api.example.net", "days": "1"}
+        )
+        assert other.status_code == 404
+        problem_host(service, "www.example.net")
+        assert service.call(incidents.run_pass).queued == 0
+        service.clock.now = NOW + timedelta(days=2)  # type: ignore[attr-defined]
+        assert service.call(incidents.run_pass).queued == 1
+    assert client.get("/api/v1.0/holds", params={"api_key": key}).json()["holds"] == []
+
+
+def test_maintenance_window_rules(private: tuple[Keychest, TestClient]) -> None:
+    service, client = private
+    key = confirmed_key(service, "ops@example.org", "www.example.net")
+    base = {"api_key": key, "domain": "www.example.net"}
+    bad = {
+        ("2026-12-05T22:00:00Z", "2026-12-05T21:00:00Z", "false"): "end after it starts",
+        ("2026-12-05T22:00:00Z", "2026-12-13T22:00:00Z", "true"): "shorter than a week",
+        ("2026-11-01T22:00:00Z", "2026-11-02T22:00:00Z", "false"): "over already",
+        ("yesterday", "2026-11-02T22:00:00Z", "false"): "ISO 8601",
+    }
+    for (start, end, weekly), problem in bad.items():
+        answer = client.post(
+            "/api/v1.0/servers/maintenance", json={**base, "start": start, "end": end, "weekly": weekly}
+        )
+        assert answer.status_code == 422 and problem in answer.json()["error"], answer.text
+    # Sundays 02:00-04:00 UTC (+01:00 given), every week.
+    weekly = client.post(
+        "/api/v1.0/servers/maintenance",
+        json={
+            **base,
+            "start": "2026-11-29T03:00:00+01:00",
+            "end": "2026-11-29T05:00:00+01:00",
+            "weekly": "true",
+        },
+    )
+    assert weekly.status_code == 200, weekly.text
+    hold = weekly.json()["hold"]
+    assert hold["starts_at"] == "2026-11-29T02:00:00Z" and hold["weekly"] is True and hold["active"] is False
+    removed = client.delete(f"/api/v1.0/holds/{hold['id']}", params={"api_key": key})
+    assert removed.status_code == 200
+    assert client.delete(f"/api/v1.0/holds/{hold['id']}", params={"api_key": key}).status_code == 404
+
+
+def test_weekly_hold_is_active_in_its_span_every_week() -> None:
+    hold = Hold(datetime(2026, 11, 29, 2), datetime(2026, 11, 29, 4), weekly=True)
+    assert not hold.active(datetime(2026, 11, 29, 1, 59))
+    assert hold.active(datetime(2026, 11, 29, 2))
+    assert not hold.active(datetime(2026, 11, 29, 4))
+    assert hold.active(datetime(2027, 3, 7, 3, 30))  # a Sunday, months later
+    assert not hold.active(datetime(2027, 3, 8, 3, 30))
+    once = Hold(datetime(2026, 11, 29, 2), datetime(2026, 11, 29, 4))
+    assert not once.active(datetime(2026, 12, 6, 3))

@@ -15,12 +15,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from keychest.notify import deliver, payload
-from keychest.service import channels
+from keychest.service import channels, errors, incidents
 from keychest.web.rest.inputs import Exchange
 from keychest.web.rest.models import KEY_DOC, KEY_QUERY, body_schema
 
@@ -94,6 +95,51 @@ def _test(x: Exchange, channel_id: int) -> dict[str, Any]:
     }
 
 
+def _utc(text: str, name: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise errors.invalid(f"{name} must be an ISO 8601 time such as 2026-12-05T22:00:00Z") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def _hold_item(view: incidents.HoldView) -> dict[str, Any]:
+    item = asdict(view)
+    item["starts_at"] = view.starts_at.isoformat() + "Z"
+    item["ends_at"] = view.ends_at.isoformat() + "Z"
+    return item
+
+
+def _snooze(x: Exchange) -> dict[str, Any]:
+    key = x.key()
+    domain = x.field("domain")
+    try:
+        days = float(x.field("days"))
+    except ValueError:
+        raise errors.invalid("days must be a number") from None
+    return {"status": "snoozed", "hold": _hold_item(x.call(incidents.snooze, key, domain, days))}
+
+
+def _maintenance(x: Exchange) -> dict[str, Any]:
+    key = x.key()
+    domain = x.field("domain")
+    starts_at, ends_at = _utc(x.field("start"), "start"), _utc(x.field("end"), "end")
+    weekly = (x.optional("weekly") or "").lower() in ("1", "true", "yes")
+    view = x.call(incidents.maintenance, key, domain, starts_at, ends_at, weekly=weekly)
+    return {"status": "scheduled", "hold": _hold_item(view)}
+
+
+def _holds(x: Exchange) -> dict[str, Any]:
+    return {"status": "success", "holds": [_hold_item(h) for h in x.call(incidents.holds, x.key())]}
+
+
+def _remove_hold(x: Exchange, hold_id: int) -> dict[str, Any]:
+    x.call(incidents.remove_hold, x.key(), hold_id)
+    return {"status": "removed", "id": hold_id}
+
+
 def add_routes(
     router: APIRouter, answer: Callable[[Request, Callable[[Exchange], Any]], Awaitable[Any]]
 ) -> None:
@@ -139,3 +185,56 @@ def add_routes(
     )
     async def test_channel(channel_id: int, request: Request) -> Any:
         return await answer(request, lambda x: _test(x, channel_id))
+
+    @router.post(
+        "/api/v1.0/servers/snooze",
+        tags=["channels"],
+        summary="Hold a server's alerts for N days (sent afterwards only if still true)",
+        openapi_extra={
+            **KEY_QUERY,
+            **body_schema(
+                {"domain": "name or name:port", "days": "1 to 365", "api_key": KEY_DOC}, ["domain"]
+            ),
+        },
+    )
+    async def snooze(request: Request) -> Any:
+        return await answer(request, _snooze)
+
+    @router.post(
+        "/api/v1.0/servers/maintenance",
+        tags=["channels"],
+        summary="A maintenance window for a server: once, or weekly",
+        openapi_extra={
+            **KEY_QUERY,
+            **body_schema(
+                {
+                    "domain": "name or name:port",
+                    "start": "ISO 8601, e.g. 2026-12-05T22:00:00Z",
+                    "end": "ISO 8601",
+                    "weekly": "true: the same span every week",
+                    "api_key": KEY_DOC,
+                },
+                ["domain", "start", "end"],
+            ),
+        },
+    )
+    async def maintenance(request: Request) -> Any:
+        return await answer(request, _maintenance)
+
+    @router.get(
+        "/api/v1.0/holds",
+        tags=["channels"],
+        summary="Snoozes and maintenance windows",
+        openapi_extra=KEY_QUERY,
+    )
+    async def list_holds(request: Request) -> Any:
+        return await answer(request, _holds)
+
+    @router.delete(
+        "/api/v1.0/holds/{hold_id}",
+        tags=["channels"],
+        summary="End a snooze or window",
+        openapi_extra=KEY_QUERY,
+    )
+    async def delete_hold(hold_id: int, request: Request) -> Any:
+        return await answer(request, lambda x: _remove_hold(x, hold_id))
