@@ -120,3 +120,5 @@ class Settings:
     db_pool_size: int = 5
     # How long `serve` waits at start for a database that does not answer yet (--db-wait).
     db_start_timeout_s: float = 300.0
+    # Audit log, scan history, expired tokens and sent outbox rows older than this go (--retention).
+    retention_s: float = 90 * 86400.0

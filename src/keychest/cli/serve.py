@@ -211,6 +211,13 @@ from keychest.scan.model import ScanOptions
     "name the client address. [default: none]",
 )
 @env_option(
+    "--retention",
+    default="90d",
+    show_default=True,
+    help="Keep the audit log, scan history (each address's newest rows always stay), expired "
+    "link tokens and sent mails this long (at least 2d).",
+)
+@env_option(
     "--db-wait",
     default="5m",
     show_default=True,
@@ -292,6 +299,7 @@ def serve(
     metrics_per_endpoint: str,
     db_pool_size: int,
     db_wait: str,
+    retention: str,
     proxy_protocol: bool,
     trusted_proxies: str,
     log_level: str,
@@ -371,6 +379,7 @@ def serve(
         metrics_per_endpoint=metrics_per_endpoint,
         db_pool_size=db_pool_size,
         db_start_timeout_s=parse_duration(db_wait),
+        retention_s=_retention(retention),
         role_http=http_listen is not None and role in ("scanner", "mailer"),
         mail=mail_settings(
             smtp,
@@ -394,6 +403,14 @@ def serve(
         run_process(Process(settings))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _retention(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds < 2 * 86400:
+        # Quotas count claims and keys a day back in the audit log.
+        raise click.BadParameter("must be at least 2d", param_hint="--retention")
+    return seconds
 
 
 def _trusted_proxies(text: str) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from keychest.servers.line import LineServer, WriteBatcher
 from keychest.servers.mailer import MAILER_PARTS
 from keychest.servers.notifier import NOTIFY_PARTS
 from keychest.servers.scheduler import ScanScheduler
-from keychest.service import heartbeats, liveness
+from keychest.service import heartbeats, liveness, retention
 from keychest.service.errors import StorageUnavailable
 from keychest.service.facade import Keychest
 from keychest.service.heartbeats import ProcessInfo
@@ -68,6 +68,33 @@ async def run_heartbeat(service: Keychest) -> None:
         await asyncio.sleep(HEARTBEAT_S)
 
 
+RETENTION_EVERY_S = 3600.0
+
+
+async def run_retention(service: Keychest) -> None:
+    """Every hour: rows older than --retention go (service/retention.py), a batch at a time."""
+    keep_s = service.settings.retention_s
+    while True:
+        try:
+            total = retention.Pruned(0, 0, 0, 0)
+            while True:
+                pruned = await asyncio.to_thread(service.call, retention.prune, keep_s=keep_s)
+                total += pruned
+                if pruned.total == 0:
+                    break
+            if total.total:
+                log.info(
+                    "retention: deleted %d audit, %d scan history, %d token and %d outbox rows",
+                    total.audit,
+                    total.history,
+                    total.tokens,
+                    total.outbox,
+                )
+        except Exception as exc:  # the database is away: next hour
+            log.warning("retention pass failed: %s", exc)
+        await asyncio.sleep(RETENTION_EVERY_S)
+
+
 async def run_checkpointer(service: Keychest) -> None:
     """SQLite only: fold the WAL back into the database off the request path, every second."""
     while True:
@@ -92,10 +119,12 @@ def mailer_parts() -> list[Part]:
 
 def parts_for(role: str) -> list[Part]:
     """The background parts each role runs besides (or instead of) the API servers."""
-    scanner: list[Part] = [run_scanner]
+    # Retention runs where background work runs (never on an API node); any number of
+    # processes may prune at once.
+    scanner: list[Part] = [run_scanner, run_retention]
     if role == "all":
         return scanner + mailer_parts()
-    return {"scanner": scanner, "mailer": mailer_parts()}.get(role, [])
+    return {"scanner": scanner, "mailer": [*mailer_parts(), run_retention]}.get(role, [])
 
 
 class StartupError(Exception):

@@ -17,6 +17,9 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # pg_advisory_xact_lock key for schema upgrades: any constant no other code uses ("kcmg").
 MIGRATION_LOCK = 0x6B636D67
 
+# A WAL larger than this is truncated after a checkpoint that copied all of it.
+WAL_TRUNCATE_BYTES = 4 * 2**20
+
 log = logging.getLogger("keychest.store")
 
 
@@ -184,7 +187,19 @@ class Database:
         """
         with self.engine.connect() as conn:
             busy, wal_pages, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+            if not busy and wal_pages > 0 and copied == wal_pages and self._wal_bytes() > WAL_TRUNCATE_BYTES:
+                # Everything is in the database file: start the WAL over at size 0. A WAL, once
+                # grown (a burst of writes, a long reader), otherwise keeps its size for good.
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         return wal_pages, copied
+
+    def _wal_bytes(self) -> int:
+        if self.sqlite_path is None:
+            return 0
+        try:
+            return os.stat(self.sqlite_path + "-wal").st_size
+        except FileNotFoundError:
+            return 0
 
     def dispose(self) -> None:
         self.engine.dispose()
