@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
+import time
+from collections import deque
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keychest.scan.errors import ErrorKind, ScanFailure
@@ -31,13 +35,71 @@ def _ordered(addresses: Iterable[str]) -> list[str]:
     return v4 + v6
 
 
-class Resolver:
-    """Resolves names to addresses. Build one and reuse it: it holds the dnspython resolver."""
+# Lookups in flight at once per Resolver: each is one UDP socket on the event loop (no thread).
+MAX_LOOKUPS = 256
+# Time-outs within a minute that make a WARNING (once a minute): the resolver is in trouble.
+TIMEOUT_WARNING_AT = 10
+HOSTS_FILE = "/etc/hosts"
 
-    def __init__(self, timeout: float, nameserver: str | None = None) -> None:
+log = logging.getLogger("keychest.scan.resolve")
+
+
+def read_hosts(path: str = HOSTS_FILE) -> dict[str, list[str]]:
+    """Name (lower case) -> addresses, from a hosts file; empty when it cannot be read."""
+    names: dict[str, list[str]] = {}
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return names
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2 or parse_ip(fields[0]) is None:
+            continue
+        address = str(ipaddress.ip_address(fields[0].split("%", 1)[0]))
+        for name in fields[1:]:
+            names.setdefault(name.lower().rstrip("."), []).append(address)
+    return names
+
+
+class Resolver:
+    """Resolves names to addresses. Build one and reuse it: it holds the dnspython resolver.
+
+    Without a configured nameserver: names in /etc/hosts are answered from it, all others by
+    dnspython's asynchronous resolver with the nameservers of /etc/resolv.conf. Not
+    getaddrinfo: its few shared worker threads fill with slow lookups, and then even
+    ``localhost`` waits behind them and times out (issue 16 item 7). Each lookup has its own
+    time-out; getaddrinfo remains only for a host without a readable resolv.conf.
+    """
+
+    def __init__(
+        self,
+        timeout: float,
+        nameserver: str | None = None,
+        *,
+        resolv_conf: str = "/etc/resolv.conf",
+        hosts_file: str = HOSTS_FILE,
+    ) -> None:
         self.timeout = timeout
         self._dns: dns.asyncresolver.Resolver | None = None
-        if nameserver is not None:
+        self._hosts: dict[str, list[str]] = {}
+        self._slots = asyncio.Semaphore(MAX_LOOKUPS)
+        self._recent_timeouts: deque[float] = deque()
+        self._warned_at = -60.0
+        self.timeouts = 0
+        if nameserver is None:
+            self._hosts = read_hosts(hosts_file)
+            import dns.asyncresolver
+            import dns.resolver
+
+            try:
+                system = dns.asyncresolver.Resolver(filename=resolv_conf)
+            except (dns.resolver.NoResolverConfiguration, OSError):
+                system = None
+            if system is not None and system.nameservers:
+                system.lifetime = timeout
+                system.timeout = max(0.2, timeout / 3)
+                self._dns = system
+        else:
             where = parse_endpoint(nameserver, default_port=53)
             if not is_ip_literal(where.host):
                 raise ValueError(f"resolver must be an IP address with an optional port: {nameserver!r}")
@@ -57,8 +119,12 @@ class Resolver:
         address = parse_ip(host)
         if address is not None:
             return [str(address)]
+        local = self._hosts.get(host.lower().rstrip("."))
+        if local:
+            return _ordered(local)
         if self._dns is not None:
-            addresses = await self._resolve_dns(host)
+            async with self._slots:
+                addresses = await self._resolve_dns(host)
         else:
             addresses = await self._resolve_system(host)
         if not addresses:
@@ -88,6 +154,24 @@ class Resolver:
             raise ScanFailure(ErrorKind.DNS, f"{host} is not a valid DNS name") from None
         return _ordered(str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6))
 
+    def _timed_out(self) -> None:
+        """Count a time-out; a minute with many of them is a WARNING, not a row of INFO lines."""
+        self.timeouts += 1
+        now = time.monotonic()
+        window = self._recent_timeouts
+        window.append(now)
+        while window and window[0] < now - 60:
+            window.popleft()
+        if len(window) >= TIMEOUT_WARNING_AT and now - self._warned_at >= 60:
+            self._warned_at = now
+            log.warning(
+                "%d DNS lookups timed out in the last minute (after %gs each): the resolver is slow "
+                "or unreachable; names in %s are still answered",
+                len(window),
+                self.timeout,
+                HOSTS_FILE,
+            )
+
     async def _resolve_dns(self, host: str) -> list[str]:
         assert self._dns is not None
         results = await asyncio.gather(
@@ -110,6 +194,7 @@ class Resolver:
         except dns.resolver.NXDOMAIN:
             raise ScanFailure(ErrorKind.DNS, f"{host} does not exist (NXDOMAIN)") from None
         except dns.resolver.LifetimeTimeout:
+            self._timed_out()
             raise ScanFailure(
                 ErrorKind.DNS, f"DNS lookup of {host} {rdtype} timed out after {self.timeout:g}s"
             ) from None

@@ -82,12 +82,21 @@ def observe_line(command: str, code: int) -> None:
     LINE_REQUESTS.labels(name, str(code)).inc()
 
 
+DNS_TIMEOUTS = Counter(
+    "keychest_dns_timeouts",
+    "Address scans whose DNS lookup timed out, in this process (a slow or unreachable resolver).",
+    registry=PROCESS,
+)
+
+
 def observe_scan(item: DueEndpoint, results: Sequence[AddressResult]) -> None:
     for result in results:
         SCANS.labels(str(result.state)).inc()
         SCAN_DURATION.observe(result.elapsed)
         if result.error is not None:
             SCAN_ERRORS.labels(str(result.error.kind)).inc()
+            if result.error.kind == "dns" and "timed out" in result.error.message:
+                DNS_TIMEOUTS.inc()
 
 
 # --- from the database, at scrape time ---------------------------------------------------------
