@@ -13,8 +13,9 @@ from urllib.parse import parse_qs
 import jsonschema
 from standardwebhooks.webhooks import Webhook
 
-from keychest.notify import signing
+from keychest.notify import deliver, signing
 from tests.notify.receiver import receiver
+from tests.notify.smtp import SmtpSink
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "notify-payload.schema.json").read_text())
 
@@ -157,3 +158,24 @@ def test_docs_verification_snippets_accept_a_real_delivery_and_refuse_a_forged_o
         ["bash", "-c", _snippet("bash")], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert bad.returncode == 1 and bad.stdout.strip() == "INVALID"
+
+
+def test_apprise_mailto_end_to_end_through_a_real_smtp_server(smtp_sink: SmtpSink) -> None:
+    url = f"mailto://{smtp_sink.address}?from=keychest@example.org&to=ops@example.org&mode=insecure"
+    done = keychest("notify", "test", url, "--allow-private-targets")
+    assert done.returncode == 0, done.stderr
+    message = smtp_sink.wait_to("ops@example.org")
+    assert "keychest test notification" in str(message["Subject"])
+
+
+def test_guard_covers_apprise_hosts_and_smtp_servers() -> None:
+    """An Apprise URL naming an internal server (its host, or its smtp=) is refused; a service
+    token in the host part (slack://T.../...) is not mistaken for a host name."""
+    done = keychest("notify", "test", "mailto://user:pw@example.org?smtp=10.0.0.1&to=a@example.org")
+    assert done.returncode == 1 and "10.0.0.1" in done.stderr and "private address" in done.stderr
+    done = keychest("notify", "test", "gotify://169.254.169.254/token")
+    assert done.returncode == 1 and "link-local" in done.stderr
+    targets = deliver.guarded_hosts(deliver.Target(deliver.APPRISE, "slack://T1234/B5678/abcdefgh"))
+    assert targets == []
+    ntfy = deliver.guarded_hosts(deliver.Target(deliver.APPRISE, "ntfy://ntfy.example.org/topic"))
+    assert ntfy == ["ntfy.example.org"]

@@ -98,31 +98,49 @@ def check_url(target: Target) -> None:
         raise ChannelUrlError(f"not a valid Apprise URL: unknown service {scheme}:// or bad parameters")
 
 
-def guarded_host(target: Target) -> str | None:
-    """The host the guard must check for this channel, or None (a public service's API)."""
+def _looks_like_host(name: str) -> bool:
+    """A server name or address, not a service token (slack://T1234/..., tgram://123456:...)."""
+    return "." in name or ":" in name or name.lower() == "localhost"
+
+
+def guarded_hosts(target: Target) -> list[str]:
+    """Every host this channel would connect to that the URL's owner chose: the webhook's,
+    a hosted Apprise service's (json://, gotify://, ntfy://host, ...), an SMTP server's."""
     parts = urlsplit(target.url)
-    if target.kind == WEBHOOK or parts.scheme.lower() in HOSTED_SCHEMES:
-        return parts.hostname
-    return None
+    if target.kind == WEBHOOK:
+        return [parts.hostname] if parts.hostname else []
+    found = [parts.hostname or ""] if parts.scheme.lower() in HOSTED_SCHEMES else []
+    import apprise
+
+    plugin = apprise.Apprise.instantiate(target.url, suppress_exceptions=True)
+    for attribute in ("host", "smtp_host"):
+        value = getattr(plugin, attribute, None)
+        if isinstance(value, str):
+            found.append(value)
+    return sorted({h.strip("[]") for h in found if h and _looks_like_host(h)})
+
+
+class ResolveError(ChannelUrlError):
+    """The host did not resolve: refused when set, retried when delivering."""
 
 
 def check_private(target: Target, allow_private_targets: bool) -> None:
-    """Resolve the channel's host and refuse it when an address is not public (blocking: DNS)."""
-    host = guarded_host(target)
-    if host is None or allow_private_targets:
+    """Resolve the channel's hosts and refuse any with an address that is not public (blocking: DNS)."""
+    if allow_private_targets:
         return
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise ChannelUrlError(f"cannot resolve {host}: {exc.strerror}") from None
-    for info in infos:
-        ip = str(info[4][0])
-        reason = check_address(ip, False)
-        if reason is not None:
-            raise ChannelUrlError(
-                f"{host} resolves to {ip}, a {reason}: channels reach internal addresses only when the "
-                f"server runs with {ALLOW_FLAG}"
-            )
+    for host in guarded_hosts(target):
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as exc:
+            raise ResolveError(f"cannot resolve {host}: {exc.strerror}") from None
+        for info in infos:
+            ip = str(info[4][0])
+            reason = check_address(ip, False)
+            if reason is not None:
+                raise ChannelUrlError(
+                    f"{host} resolves to {ip}, a {reason}: channels reach internal addresses only when the "
+                    f"server runs with {ALLOW_FLAG}"
+                )
 
 
 def _answer(response: httpx.Response) -> str:
@@ -191,8 +209,10 @@ async def send(
 ) -> Outcome:
     """Deliver once, within ``timeout_s`` (the guard's DNS look-up included)."""
     try:
-        if not allow_private_targets and guarded_host(target) is not None:
+        if not allow_private_targets:
             await asyncio.wait_for(asyncio.to_thread(check_private, target, False), timeout_s)
+    except ResolveError as exc:
+        return Outcome(False, str(exc))
     except ChannelUrlError as exc:
         return Outcome(False, str(exc), refused=True)
     except TimeoutError:
