@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from keychest.store.db import normalise_url
-from tests.reliability.support import RoleProcess
+from tests.reliability.support import RoleProcess, request_key
 from tests.support.net import free_port
 from tests.support.server import LiveServer
 
@@ -51,6 +51,11 @@ def test_scanner_and_mailer_serve_health_and_heartbeats(
     try:
         for process in (scanner, mailer, quiet):
             process.start()
+        # A claim queues a confirmation mail; the mailer has no --smtp, so it stays queued.
+        key = request_key(api.line_port)
+        with socket.create_connection(("127.0.0.1", api.line_port), timeout=10) as sock:
+            sock.sendall(f"command claim apikey {key} email owner@example.org\n".encode())
+            assert b"status ok" in sock.recv(4096)
         for process, port in ((scanner, scanner_port), (mailer, mailer_port)):
             wait_for(lambda port=port: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, "healthz")
             status, text = get(f"http://127.0.0.1:{port}/healthz")
@@ -62,6 +67,10 @@ def test_scanner_and_mailer_serve_health_and_heartbeats(
             # Each process's own counters are on its own /metrics, e.g. the scan histogram.
             if process is scanner:
                 assert samples(text, "keychest_scan_duration_seconds_count")
+            else:  # the mailer: what waits in the outbox
+                depth = {s.labels["state"]: s.value for s in samples(text, "keychest_outbox_rows")}
+                assert depth == {"queued": 1, "sending": 0, "failed": 0}
+                assert samples(text, "keychest_outbox_oldest_queued_seconds")[0].value > 0
         assert f"{scanner_port}" in scanner.log() and "/healthz and /metrics" in scanner.log()
         assert "/healthz" not in quiet.log()
 

@@ -13,7 +13,9 @@ from sqlalchemy import case, func, or_, select, text
 
 from keychest.scan.judge import State
 from keychest.service.context import Ctx
-from keychest.store.models import AddressState, Certificate, Endpoint
+from keychest.service.scans import database_now
+from keychest.states import MailState
+from keychest.store.models import AddressState, Certificate, Endpoint, OutboxMail
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,27 @@ def metric_aggregates(ctx: Ctx) -> MetricAggregates:
     )
     addresses = ctx.session.scalar(select(func.count()).select_from(AddressState)) or 0
     return MetricAggregates(by_state, buckets, earliest, int(addresses))
+
+
+@dataclass(frozen=True)
+class OutboxDepth:
+    by_state: dict[str, int]  # queued, sending, failed (sent and skipped are history)
+    oldest_queued_age_s: float | None  # None: nothing waiting
+
+
+def outbox_depth(ctx: Ctx) -> OutboxDepth:
+    """What waits in the outbox (mails and channel notifications), for a mailer's /metrics."""
+    waiting = [MailState.QUEUED, MailState.SENDING, MailState.FAILED]
+    by_state = {str(state): 0 for state in waiting}
+    for state, count in ctx.session.execute(
+        select(OutboxMail.state, func.count()).where(OutboxMail.state.in_(waiting)).group_by(OutboxMail.state)
+    ):
+        by_state[str(state)] = int(count)
+    oldest = ctx.session.scalar(
+        select(func.min(OutboxMail.created_at)).where(OutboxMail.state == MailState.QUEUED)
+    )
+    age = None if oldest is None else max(0.0, (database_now(ctx) - oldest).total_seconds())
+    return OutboxDepth(by_state, age)
 
 
 def database_ok(ctx: Ctx) -> bool:

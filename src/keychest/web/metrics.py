@@ -36,7 +36,7 @@ from keychest.service import liveness
 from keychest.service.errors import StorageUnavailable
 from keychest.service.facade import Keychest
 from keychest.service.heartbeats import heartbeats
-from keychest.service.metrics import address_metrics, database_ok, metric_aggregates
+from keychest.service.metrics import address_metrics, database_ok, metric_aggregates, outbox_depth
 
 if TYPE_CHECKING:
     from keychest.scan.model import AddressResult
@@ -235,6 +235,32 @@ class HeartbeatCollector(Collector):
         yield from (seen, passed)
 
 
+class OutboxCollector(Collector):
+    """Outbox depth and the age of the oldest queued row, from the database at scrape time."""
+
+    def __init__(self, service: Keychest) -> None:
+        self.service = service
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        found = self.service.read(outbox_depth)
+        depth = GaugeMetricFamily(
+            "keychest_outbox_rows",
+            "Outbox rows (mails and channel notifications) not yet sent: queued, sending, failed.",
+            labels=["state"],
+        )
+        for state, count in found.by_state.items():
+            depth.add_metric([state], float(count))
+        oldest = GaugeMetricFamily(
+            "keychest_outbox_oldest_queued_seconds",
+            "Age of the oldest queued outbox row (0 when none waits).",
+        )
+        oldest.add_metric([], found.oldest_queued_age_s or 0.0)
+        yield from (depth, oldest)
+
+
 class LivenessCollector(Collector):
     """This process's own loops (/metrics of a scanner or mailer)."""
 
@@ -262,6 +288,8 @@ def create_role_app(service: Keychest) -> FastAPI:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LivenessCollector())
     registry.register(HeartbeatCollector(service))
+    if service.settings.role == "mailer":
+        registry.register(OutboxCollector(service))
 
     @app.get("/healthz", response_class=PlainTextResponse)
     def healthz() -> PlainTextResponse:
@@ -284,6 +312,7 @@ def install(app: FastAPI, service: Keychest) -> None:
     scans = CollectorRegistry(auto_describe=False)
     scans.register(ScanResultsCollector(service))
     scans.register(HeartbeatCollector(service))
+    scans.register(OutboxCollector(service))
     _metrics_route(app, service, scans)
 
 
