@@ -108,7 +108,7 @@ def test_lenient_accepts_what_strict_refuses(text: str, endpoint: Endpoint) -> N
         ("[www.example.net]:443", "only an IPv6 address"),
         ("127.1", "all digits"),
         ("0x7f000001", "legacy form"),
-        ("ftp://example.net", "not supported yet"),
+        ("ftp://example.net/pub", "takes no path"),
         ("gopher://example.net", "known are https, smtps"),
     ],
 )

@@ -204,7 +204,7 @@ def test_invalid_input_answers_422(web_env: WebEnv) -> None:
             "no domain": client.post("/api/v1.0/servers/add", json={"api_key": key}),
             "empty domain": client.post("/api/v1.0/servers/add", json={"api_key": key, "domain": ""}),
             "other scheme": client.post(
-                "/api/v1.0/servers/add", json={"api_key": key, "domain": "ftp://x.org/"}
+                "/api/v1.0/servers/add", json={"api_key": key, "domain": "gopher://x.org/"}
             ),
             "port": client.post("/api/v1.0/servers/add", json={"api_key": key, "domain": "x.org:99999"}),
         }

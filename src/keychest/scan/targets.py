@@ -12,9 +12,10 @@ everywhere (UTS 46 mapping to A-labels, as browsers and certificate authorities 
 - strict (registration: `command add`, REST, dashboard): `host`, `host:port`, `[v6]:port`,
   a bare IPv6 address; labels are letters, digits and inner hyphens (RFC 1123), since a
   name a certificate authority cannot issue for is a typo, not something to watch.
+- both: `scheme://host[:port]` for the protocols of `scan.protocols` other than https
+  (STARTTLS or implicit TLS, each with its default port; no path).
 - lenient (`keychest scan`, target files): the above, plus an `https://` URL (path
-  dropped), `scheme://host[:port]` for the other protocols of `scan.protocols` (STARTTLS
-  or implicit TLS, each with its default port), ssl-cert-check's `host port` lines, and
+  dropped), ssl-cert-check's `host port` lines, and
   underscores in labels (real internal names have them, and a one-off scan may look at
   whatever the user points it at).
 
@@ -235,7 +236,7 @@ def parse_endpoint(text: str, default_port: int = DEFAULT_PORT, *, strict: bool 
         name = scheme.group(1).lower()
         if name not in SCHEMES:
             raise TargetError(f"unknown scheme {name[:20]!r}: known are {known_schemes()}")
-        if not strict and name != DEFAULT_PROTOCOL:
+        if name != DEFAULT_PROTOCOL:
             rest = text[scheme.end() :]
             rest = rest[:-1] if rest.endswith("/") else rest
             if any(ch in rest for ch in "/?#"):
@@ -244,11 +245,6 @@ def parse_endpoint(text: str, default_port: int = DEFAULT_PORT, *, strict: bool 
                 raise TargetError(f"expected {name}://host[:port]")
             host, port = _split_port(rest, SCHEMES[name].port)
             return Endpoint(_normalise_host(host, strict), port, name)
-        if strict and name != DEFAULT_PROTOCOL:
-            raise TargetError(
-                f"registering {name}:// targets is not supported yet;"
-                f" `keychest scan {name}://...` checks one now"
-            )
     if not strict:
         if text[:8].lower() == "https://":
             text = text[8:].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]

@@ -169,7 +169,7 @@ class ScanScheduler:
 
     async def _scan_one(self, scanner: Scanner, item: scans.DueEndpoint) -> None:
         try:
-            results = await scanner.scan_endpoint(Endpoint(item.host, item.port))
+            results = await scanner.scan_endpoint(Endpoint(item.host, item.port, item.protocol))
             recorded = await self._db_call(
                 scans.record,
                 item.id,

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 from keychest.service import errors
 
 # KeyChest turned http:// into https:// and watched the site on 443; https:// means the same
-# here. Any other scheme is refused: it will mean another service (and port) once targets
-# with a scheme exist, so dropping it now would watch the wrong thing.
+# here. Any other scheme (smtp://, imap://, ...) names another service and goes to the strict
+# parser as it is, which knows the protocols and refuses the rest with their list.
 SITE_SCHEMES = ("https", "http")
 
 
@@ -34,7 +34,7 @@ def user_domain(given: str) -> UserDomain:
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
         if scheme not in SITE_SCHEMES:
-            raise errors.invalid(f"{scheme}:// is not understood: give host[:port] or an https:// URL")
+            return UserDomain(text, ())
         try:
             parts = urlsplit(text)
             port = parts.port

@@ -6,11 +6,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import Select, func, insert, or_, select
+from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from keychest.scan import targets
+from keychest.scan.protocols import DEFAULT_PROTOCOL
 from keychest.service import audit, errors, keys
 from keychest.service.bulk import bulk_of, chunks, filled, only
 from keychest.service.context import Ctx
@@ -104,6 +105,7 @@ def add_many(
         return filled(results)
 
     endpoint_ids = _endpoint_ids(ctx, {(d.host, d.port) for _, _, _, d in todo})
+    _set_protocols(ctx, endpoint_ids, todo)
     key_ids = {key.id for _, _, key, _ in todo}
     account_ids = {key.account_id for _, _, key, _ in todo if key.account_id is not None}
     wanted_endpoints = set(endpoint_ids.values())
@@ -229,6 +231,27 @@ def _endpoint_ids(ctx: Ctx, wanted: set[tuple[str, int]]) -> dict[tuple[str, int
         if len(found) < len(wanted):  # lost a race for some: they exist now, read them
             found.update(_select_endpoints(ctx, wanted - found.keys()))
     return found
+
+
+def _set_protocols(
+    ctx: Ctx,
+    endpoint_ids: dict[tuple[str, int], int],
+    todo: Sequence[tuple[int, str | None, ApiKey, DomainName]],
+) -> None:
+    """`smtp://mail.example.net` says what its port speaks; the latest such add wins. A plain
+    `host:port` leaves the protocol as it is (the certbot hook re-adds names without one),
+    so the common all-https batch costs no statement here."""
+    wanted: dict[str, set[int]] = {}
+    for _, _, _, domain in todo:
+        if domain.protocol != DEFAULT_PROTOCOL:
+            wanted.setdefault(domain.protocol, set()).add(endpoint_ids[(domain.host, domain.port)])
+    for protocol, ids in wanted.items():
+        for chunk in chunks(ids):
+            ctx.session.execute(
+                update(Endpoint)
+                .where(Endpoint.id.in_(chunk), Endpoint.protocol != protocol)
+                .values(protocol=protocol)
+            )
 
 
 def _select_endpoints(ctx: Ctx, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], int]:

@@ -36,6 +36,7 @@ class DueEndpoint:
     id: int
     host: str
     port: int
+    protocol: str = "https"
 
 
 def _naive(moment: datetime) -> datetime:
@@ -61,10 +62,10 @@ def database_now(ctx: Ctx) -> datetime:
     return _naive(value)
 
 
-def due_query(now: datetime, limit: int) -> Select[int, str, int]:
+def due_query(now: datetime, limit: int) -> Select[int, str, int, str]:
     """The endpoints due at ``now``, oldest first, rows other scanners hold skipped."""
     return (
-        select(Endpoint.id, Endpoint.host, Endpoint.port)
+        select(Endpoint.id, Endpoint.host, Endpoint.port, Endpoint.protocol)
         .where(Endpoint.next_scan_at <= now)
         .order_by(Endpoint.next_scan_at)
         .limit(limit)
@@ -89,7 +90,7 @@ def lease_due(ctx: Ctx, *, owner: str, limit: int, lease_s: float) -> list[DueEn
         .where(Endpoint.id.in_([r.id for r in rows]))
         .values(lease_owner=owner, lease_until=until, next_scan_at=until)
     )
-    return [DueEndpoint(r.id, r.host, r.port) for r in rows]
+    return [DueEndpoint(r.id, r.host, r.port, r.protocol) for r in rows]
 
 
 def release_leases(ctx: Ctx, owner: str, endpoint_ids: Sequence[int]) -> int:
