@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from keychest.config import NotifySettings, Settings  # noqa: E402
 from keychest.notify import signing  # noqa: E402
+from keychest.notify.events import EXPIRING  # noqa: E402
 from keychest.scan.model import ScanOptions  # noqa: E402
 from keychest.servers.notifier import Notifier  # noqa: E402
 from keychest.service import channels, outbox  # noqa: E402
@@ -102,7 +103,9 @@ def service(db_url: str, webhooks: tuple[str, ...], timeout_s: float) -> Keyches
         data_dir=Path("."),
         mail_domain="bench.test",
         scan=ScanOptions(allow_private_targets=True),
-        notify=NotifySettings(webhook_urls=webhooks, webhook_secret=signing.new_secret(), timeout_s=timeout_s),
+        notify=NotifySettings(
+            webhook_urls=webhooks, webhook_secret=signing.new_secret(), timeout_s=timeout_s
+        ),
     )
     return Keychest(db, settings, lambda: datetime.utcnow())
 
@@ -117,7 +120,12 @@ def queue(svc: Keychest, url: str, count: int) -> None:
                 channel_id=channel_id,
                 to_label=url,
                 account_id=None,
-                payload={"id": f"msg_{channel_id}_{n}", "type": "certificate.expiring", "title": "t", "message": "m"},
+                payload={
+                    "id": f"msg_{channel_id}_{n}",
+                    "type": EXPIRING,
+                    "title": "t",
+                    "message": "m",
+                },
             )
 
     svc.call(add)
@@ -150,9 +158,13 @@ def main() -> None:
             url = args.db or f"sqlite:///{tmp}/one.sqlite3"
             svc = service(url, (sink.url,), timeout_s=10.0)
             queue(svc, sink.url, args.count)
-            alone = asyncio.run(until(lambda: sink.count >= args.count, Notifier(svc, idle_poll_s=0.01), 600))
+            notifier = Notifier(svc, idle_poll_s=0.01)
+            alone = asyncio.run(until(lambda: sink.count >= args.count, notifier, 600))
             svc.db.dispose()
-            print(f"live channel alone: {args.count} notifications in {alone:.2f} s = {args.count / alone:.0f}/s")
+            print(
+                f"live channel alone: {args.count} notifications in {alone:.2f} s = "
+                f"{args.count / alone:.0f}/s"
+            )
 
             sink.count = 0
             url = f"sqlite:///{tmp}/two.sqlite3" if args.db is None else args.db
@@ -161,10 +173,13 @@ def main() -> None:
             svc = service(url, (hung.url, sink.url), timeout_s=5.0)
             queue(svc, hung.url, args.dead)
             queue(svc, sink.url, args.count)
-            beside = asyncio.run(until(lambda: sink.count >= args.count, Notifier(svc, idle_poll_s=0.01), 600))
+            beside = asyncio.run(
+                until(lambda: sink.count >= args.count, Notifier(svc, idle_poll_s=0.01), 600)
+            )
             print(
                 f"live channel beside a hung one with {args.dead} queued: {args.count} notifications in "
-                f"{beside:.2f} s = {args.count / beside:.0f}/s (hung receiver got {len(hung.held)} connection(s))"
+                f"{beside:.2f} s = {args.count / beside:.0f}/s "
+                f"(hung receiver got {len(hung.held)} connection(s))"
             )
             svc.db.dispose()
         finally:
