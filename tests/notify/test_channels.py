@@ -347,3 +347,28 @@ def test_renotify_zero_never_repeats(db_url: str, hook: Receiver, secret: str) -
     assert svc.call(incidents.run_pass).queued == 1
     svc.clock.now = NOW + timedelta(days=30)  # type: ignore[attr-defined]
     assert svc.call(incidents.run_pass).queued == 0
+
+
+def test_outbox_command_shows_channel_and_state(tmp_path: Path, secret: str) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    with receiver(status=404) as gone:
+        gone.answer = b"no such hook"
+        svc = make_service(url, NotifySettings(webhook_urls=(gone.url + "/x",), webhook_secret=secret))
+        seen(svc, "www.example.net", days_left=5, problems=["expires_soon"], state="critical")
+        svc.call(incidents.run_pass)
+        drain(svc)
+        svc.db.dispose()
+    done = subprocess.run(
+        [sys.executable, "-c", "from keychest.cli import main; main()", "outbox", "--db", url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(done.stdout)
+    assert row["kind"] == "notification" and row["channel"].startswith("channel ")
+    assert row["to"] == gone.url + "/..." and row["state"] == "failed"
+    assert "HTTP 404" in row["last_error"] and "no such hook" in row["last_error"]
