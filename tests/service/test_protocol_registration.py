@@ -64,3 +64,17 @@ def test_rest_input_keeps_https_urls_and_passes_other_schemes() -> None:
     assert str(domains.parse_domain(mail.text)) == "imap://mail.example.net" and mail.changes == ()
     with pytest.raises(ServiceError, match="known are"):
         domains.parse_domain(compat.user_domain("gopher://x.example.net").text)
+
+
+def test_listings_show_the_scheme(svc: Keychest) -> None:  # noqa: F811
+    from keychest.service import endpoints
+
+    key = svc.call(keys.create).key
+    svc.call(domains.add, key, "imap://mail.example.net")
+    svc.call(domains.add, key, "www.example.net:8443")
+    assert [row.domain for row in svc.read(domains.list_rows)] == [
+        "imap://mail.example.net",
+        "www.example.net:8443",
+    ]
+    listed = {row.domain for row in svc.read(endpoints.list_for_key, key)}
+    assert listed == {"imap://mail.example.net", "www.example.net:8443"}

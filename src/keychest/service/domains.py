@@ -276,7 +276,15 @@ class DomainRow:
 
 def list_rows(ctx: Ctx, *, raw_key: str | None = None) -> list[DomainRow]:
     query = (
-        select(Endpoint.host, Endpoint.port, Account.email, ApiKey.prefix, ApiKey.state, Watch.added_at)
+        select(
+            Endpoint.host,
+            Endpoint.port,
+            Endpoint.protocol,
+            Account.email,
+            ApiKey.prefix,
+            ApiKey.state,
+            Watch.added_at,
+        )
         .join(Watch, Watch.endpoint_id == Endpoint.id)
         .join(ApiKey, ApiKey.id == Watch.api_key_id)
         .outerjoin(Account, Account.id == ApiKey.account_id)
@@ -288,6 +296,6 @@ def list_rows(ctx: Ctx, *, raw_key: str | None = None) -> list[DomainRow]:
             raise errors.unknown_key()
         query = query.where(Watch.api_key_id == key.id)
     return [
-        DomainRow(str(DomainName(host, port)), host, port, email, prefix, state, added_at)
-        for host, port, email, prefix, state, added_at in ctx.session.execute(query)
+        DomainRow(str(DomainName(host, port, protocol)), host, port, email, prefix, state, added_at)
+        for host, port, protocol, email, prefix, state, added_at in ctx.session.execute(query)
     ]

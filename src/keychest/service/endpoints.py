@@ -248,6 +248,7 @@ def _server_rows(ctx: Ctx, endpoint_ids: Select[int] | Sequence[int]) -> list[Se
             Endpoint.id,
             Endpoint.host,
             Endpoint.port,
+            Endpoint.protocol,
             Endpoint.last_state,
             Endpoint.last_scan_at,
             per_endpoint.c.addresses,
@@ -262,7 +263,7 @@ def _server_rows(ctx: Ctx, endpoint_ids: Select[int] | Sequence[int]) -> list[Se
     return [
         ServerRow(
             r.id,
-            str(domains.DomainName(r.host, r.port)),
+            str(domains.DomainName(r.host, r.port, r.protocol)),
             r.host,
             r.port,
             r.last_state or "pending",

@@ -379,6 +379,7 @@ def servers_page(
             Endpoint.id,
             Endpoint.host,
             Endpoint.port,
+            Endpoint.protocol,
             Endpoint.last_state,
             Endpoint.last_scan_at,
             earliest.c.not_after,
@@ -408,7 +409,7 @@ def servers_page(
     lines = [
         ServerLine(
             r.id,
-            str(domains.DomainName(r.host, r.port)),
+            str(domains.DomainName(r.host, r.port, r.protocol)),
             r.last_state or "pending",
             r.not_after,
             issuers.get(r.id),
