@@ -161,7 +161,7 @@ def test_lego_against_pebble(pebble: Pebble, live_server: LiveServer, tmp_path: 
         assert facts.get("last_renewal_status") == "renewed", (name, facts, done.stderr)
         assert facts.get("last_renewal_host") == socket.gethostname()
     renewed = subprocess.run(
-        [*common, "renew", "--days", "10000", "--renew-hook", str(hook)],
+        [*common, "renew", "--days", "10000", "--no-random-sleep", "--renew-hook", str(hook)],
         env=env,
         capture_output=True,
         text=True,
