@@ -188,6 +188,14 @@ def test_postgres_ssl_on_and_off(mail_cert: ServerCert, certs: CertFactory) -> N
         assert result.error is not None and result.error.kind == ErrorKind.STARTTLS_REFUSED
 
 
+@pytest.mark.slow
+def test_mysql_on_mariadb(mail_cert: ServerCert, certs: CertFactory) -> None:
+    if tls_daemons.missing("mariadb"):
+        pytest.skip("mariadb-server not installed (scripts/test.sh installs it)")
+    with tls_daemons.mariadb(mail_cert.chain_pem, mail_cert.key_pem) as port:
+        _assert_ok(_scan(f"mysql://127.0.0.1:{port}", certs), "mysql", mail_cert)
+
+
 # --- hostile plain-text servers -------------------------------------------------------------
 
 

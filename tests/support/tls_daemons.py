@@ -4,6 +4,7 @@ certificate, in a private temp folder, started in the foreground and stopped by 
     with dovecot(chain_pem, key_pem) as (imap_port, pop3_port): ...
     with exim(chain_pem, key_pem) as smtp_port: ...
     with postgres_ssl(chain_pem, key_pem) as pg_port: ...
+    with mariadb(chain_pem, key_pem) as mysql_port: ...
 
 `missing()` names what is not installed, for a skip.
 """
@@ -25,7 +26,12 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def missing(*programs: str) -> list[str]:
-    paths = {"dovecot": "/usr/sbin/dovecot", "exim": "/usr/sbin/exim4", "postgres": str(PG_BIN / "postgres")}
+    paths = {
+        "dovecot": "/usr/sbin/dovecot",
+        "exim": "/usr/sbin/exim4",
+        "postgres": str(PG_BIN / "postgres"),
+        "mariadb": "/usr/sbin/mariadbd",
+    }
     return [name for name in programs if not Path(paths[name]).exists()]
 
 
@@ -180,4 +186,27 @@ def postgres_ssl(chain_pem: bytes, key_pem: bytes, ssl: bool = True) -> Iterator
             "-c", f"ssl={'on' if ssl else 'off'}", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}",
         ]  # fmt: skip
         with _running(command, port, root / "pg.log", user=user):
+            yield port
+
+
+@contextmanager
+def mariadb(chain_pem: bytes, key_pem: bytes) -> Iterator[int]:
+    """MariaDB with TLS (a fresh data directory from mariadb-install-db): yields its port."""
+    with _folder() as root:
+        cert, key = _write_pair(root, chain_pem, key_pem)
+        data = root / "data"
+        as_root = os.geteuid() == 0
+        user = ["--user=mysql"] if as_root else []
+        subprocess.run(
+            ["mariadb-install-db", "--no-defaults", f"--datadir={data}", *user, "--skip-test-db"],
+            check=True,
+            capture_output=True,
+        )
+        port = free_port()
+        command = [
+            "/usr/sbin/mariadbd", "--no-defaults", f"--datadir={data}", *user, f"--port={port}",
+            "--bind-address=127.0.0.1", f"--socket={data}/sock", f"--pid-file={data}/pid",
+            f"--ssl-cert={cert}", f"--ssl-key={key}", "--skip-grant-tables",
+        ]  # fmt: skip
+        with _running(command, port, root / "mariadb.log"):
             yield port
