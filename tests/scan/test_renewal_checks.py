@@ -420,3 +420,39 @@ def _ip_leaf(ca: MiniCA, crl_url: str) -> tuple[x509.Certificate, ec.EllipticCur
         .sign(ca.key, hashes.SHA256())
     )
     return cert, key
+
+
+@pytest.mark.parametrize("hostile", ["garbage", "backwards window", "http 500", "slow", "huge"])
+def test_hostile_ari_servers_give_no_window(
+    ari_server: tuple[AriServer, Responder, trustme.CA], tmp_path: Path, hostile: str
+) -> None:
+    server, responder, tls_ca = ari_server
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    leaf = MiniCA(organization="Private ACME CA").leaf()[0]
+    ident = ari.cert_id(leaf) or ""
+
+    def answer(request: Request) -> tuple[int, dict[str, str], bytes] | str:
+        if hostile == "garbage":
+            return 200, {}, b"\x00\xffnot json"
+        if hostile == "backwards window":
+            window = {"start": "2026-12-03T00:00:00Z", "end": "2026-12-02T00:00:00Z"}
+            return 200, {}, json.dumps({"suggestedWindow": window}).encode()
+        if hostile == "slow":
+            return "hang"
+        if hostile == "huge":
+            return 200, {}, b" " * (2 * 1024 * 1024)
+        return 500, {}, b"oops"
+
+    responder.routes[f"/renewal-info/{ident}"] = answer
+    clock = Clock()
+    checker = AriChecker(
+        fetcher(timeout=0.5, ca_file=str(ca_file), max_bytes=1024 * 1024), clock, [f"{server.base}/directory"]
+    )
+    started = time.monotonic()
+    assert run(checker.check(der(leaf), "Private ACME CA")) is None
+    assert time.monotonic() - started < 2.5
+    # Not asked again at every scan: a failure waits ERROR_RETRY at least.
+    clock.now = NOW + dt.timedelta(minutes=10)
+    assert run(checker.check(der(leaf), "Private ACME CA")) is None
+    assert responder.hits(f"/renewal-info/{ident}") == 1
