@@ -144,7 +144,7 @@ def mail_cert(certs: CertFactory) -> ServerCert:
 
 
 @pytest.fixture(scope="module")
-def dovecot_ports(mail_cert: ServerCert) -> Iterator[tuple[int, int]]:
+def dovecot_ports(mail_cert: ServerCert) -> Iterator[tuple[int, int, int]]:
     if tls_daemons.missing("dovecot"):
         pytest.skip("dovecot-imapd/dovecot-pop3d not installed (scripts/test.sh installs them)")
     with tls_daemons.dovecot(mail_cert.chain_pem, mail_cert.key_pem) as ports:
@@ -160,11 +160,13 @@ def _assert_ok(result: AddressResult, protocol: str, cert: ServerCert) -> None:
 
 
 def test_imap_and_pop3_on_dovecot(
-    dovecot_ports: tuple[int, int], mail_cert: ServerCert, certs: CertFactory
+    dovecot_ports: tuple[int, int, int], mail_cert: ServerCert, certs: CertFactory
 ) -> None:
-    imap, pop3 = dovecot_ports
+    imap, pop3, sieve = dovecot_ports
     _assert_ok(_scan(f"imap://127.0.0.1:{imap}", certs), "imap", mail_cert)
     _assert_ok(_scan(f"pop3://127.0.0.1:{pop3}", certs), "pop3", mail_cert)
+    if sieve:  # dovecot-managesieved
+        _assert_ok(_scan(f"sieve://127.0.0.1:{sieve}", certs), "sieve", mail_cert)
     # Implicit TLS against a plain-text port: the greeting is not TLS.
     assert _scan(f"imaps://127.0.0.1:{imap}", certs).error.kind == ErrorKind.GARBAGE  # type: ignore[union-attr]
 
@@ -249,7 +251,7 @@ def test_cli_unknown_scheme_is_a_usage_error_listing_the_known_ones() -> None:
 
 
 def test_cli_json_has_protocol(
-    mail_cert: ServerCert, certs: CertFactory, dovecot_ports: tuple[int, int]
+    mail_cert: ServerCert, certs: CertFactory, dovecot_ports: tuple[int, int, int]
 ) -> None:
     import json
 

@@ -1,7 +1,7 @@
 """Real STARTTLS servers from Debian for tests, each on a free loopback port with a given
 certificate, in a private temp folder, started in the foreground and stopped by PID:
 
-    with dovecot(chain_pem, key_pem) as (imap_port, pop3_port): ...
+    with dovecot(chain_pem, key_pem) as (imap_port, pop3_port, sieve_port): ...
     with exim(chain_pem, key_pem) as smtp_port: ...
     with postgres_ssl(chain_pem, key_pem) as pg_port: ...
     with mariadb(chain_pem, key_pem) as mysql_port: ...
@@ -78,11 +78,23 @@ def _running(command: list[str], port: int, log: Path, user: str | None = None) 
 
 
 @contextmanager
-def dovecot(chain_pem: bytes, key_pem: bytes) -> Iterator[tuple[int, int]]:
-    """Dovecot with IMAP (STARTTLS) and POP3 (STLS) on 127.0.0.1: yields (imap, pop3) ports."""
+def dovecot(chain_pem: bytes, key_pem: bytes) -> Iterator[tuple[int, int, int]]:
+    """Dovecot with IMAP (STARTTLS), POP3 (STLS) and, when dovecot-managesieved is installed,
+    ManageSieve (STARTTLS) on 127.0.0.1: yields the (imap, pop3, sieve or 0) ports."""
     with _folder() as root:
         cert, key = _write_pair(root, chain_pem, key_pem)
         imap, pop3 = free_port(), free_port()
+        sieve = free_port() if Path("/usr/lib/dovecot/managesieve-login").exists() else 0
+        sieve_service = (
+            f"""service managesieve-login {{
+  inet_listener sieve {{
+    port = {sieve}
+  }}
+}}
+"""
+            if sieve
+            else ""
+        )
         for sub in ("run", "state"):
             (root / sub).mkdir()
         config = root / "dovecot.conf"
@@ -90,7 +102,7 @@ def dovecot(chain_pem: bytes, key_pem: bytes) -> Iterator[tuple[int, int]]:
             f"""base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
-protocols = imap pop3
+protocols = imap pop3{" sieve" if sieve else ""}
 listen = 127.0.0.1
 ssl = yes
 ssl_cert = <{cert}
@@ -120,11 +132,13 @@ service pop3-login {{
     port = 0
   }}
 }}
-"""
+{sieve_service}"""
         )
         with _running(["/usr/sbin/dovecot", "-F", "-c", str(config)], imap, root / "out.log"):
             wait_for_port(pop3)
-            yield imap, pop3
+            if sieve:
+                wait_for_port(sieve)
+            yield imap, pop3, sieve
 
 
 @contextmanager
