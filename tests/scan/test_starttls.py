@@ -198,6 +198,13 @@ def test_mysql_on_mariadb(mail_cert: ServerCert, certs: CertFactory) -> None:
         _assert_ok(_scan(f"mysql://127.0.0.1:{port}", certs), "mysql", mail_cert)
 
 
+def test_ldap_on_slapd(mail_cert: ServerCert, certs: CertFactory) -> None:
+    if tls_daemons.missing("slapd"):
+        pytest.skip("slapd not installed (scripts/test.sh installs it)")
+    with tls_daemons.slapd(mail_cert.chain_pem, mail_cert.key_pem) as port:
+        _assert_ok(_scan(f"ldap://127.0.0.1:{port}", certs), "ldap", mail_cert)
+
+
 # --- hostile plain-text servers -------------------------------------------------------------
 
 

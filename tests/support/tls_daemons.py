@@ -5,6 +5,7 @@ certificate, in a private temp folder, started in the foreground and stopped by 
     with exim(chain_pem, key_pem) as smtp_port: ...
     with postgres_ssl(chain_pem, key_pem) as pg_port: ...
     with mariadb(chain_pem, key_pem) as mysql_port: ...
+    with slapd(chain_pem, key_pem) as ldap_port: ...
 
 `missing()` names what is not installed, for a skip.
 """
@@ -31,6 +32,7 @@ def missing(*programs: str) -> list[str]:
         "exim": "/usr/sbin/exim4",
         "postgres": str(PG_BIN / "postgres"),
         "mariadb": "/usr/sbin/mariadbd",
+        "slapd": "/usr/sbin/slapd",
     }
     return [name for name in programs if not Path(paths[name]).exists()]
 
@@ -223,4 +225,23 @@ def mariadb(chain_pem: bytes, key_pem: bytes) -> Iterator[int]:
             f"--ssl-cert={cert}", f"--ssl-key={key}", "--skip-grant-tables",
         ]  # fmt: skip
         with _running(command, port, root / "mariadb.log"):
+            yield port
+
+
+@contextmanager
+def slapd(chain_pem: bytes, key_pem: bytes) -> Iterator[int]:
+    """OpenLDAP's slapd with StartTLS and no database (the root DSE is all a scan needs)."""
+    with _folder() as root:
+        cert, key = _write_pair(root, chain_pem, key_pem)
+        port = free_port()
+        config = root / "slapd.conf"
+        config.write_text(
+            f"""include /etc/ldap/schema/core.schema
+pidfile {root}/slapd.pid
+TLSCertificateFile {cert}
+TLSCertificateKeyFile {key}
+"""
+        )
+        command = ["/usr/sbin/slapd", "-d", "0", "-h", f"ldap://127.0.0.1:{port}/", "-f", str(config)]
+        with _running(command, port, root / "slapd.log"):
             yield port
