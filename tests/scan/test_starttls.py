@@ -205,6 +205,17 @@ def test_ldap_on_slapd(mail_cert: ServerCert, certs: CertFactory) -> None:
         _assert_ok(_scan(f"ldap://127.0.0.1:{port}", certs), "ldap", mail_cert)
 
 
+def test_ftp_on_vsftpd(mail_cert: ServerCert, certs: CertFactory) -> None:
+    if tls_daemons.missing("vsftpd"):
+        pytest.skip("vsftpd not installed (scripts/test.sh installs it)")
+    with tls_daemons.vsftpd(mail_cert.chain_pem, mail_cert.key_pem) as port:
+        _assert_ok(_scan(f"ftp://127.0.0.1:{port}", certs), "ftp", mail_cert)
+    with tls_daemons.vsftpd(mail_cert.chain_pem, mail_cert.key_pem, anonymous=False) as port:
+        refused = _scan(f"ftp://127.0.0.1:{port}", certs)
+        assert refused.error is not None and refused.error.kind == ErrorKind.STARTTLS_REFUSED
+        assert "500 OOPS" in refused.error.message
+
+
 # --- hostile plain-text servers -------------------------------------------------------------
 
 

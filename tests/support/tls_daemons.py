@@ -6,6 +6,7 @@ certificate, in a private temp folder, started in the foreground and stopped by 
     with postgres_ssl(chain_pem, key_pem) as pg_port: ...
     with mariadb(chain_pem, key_pem) as mysql_port: ...
     with slapd(chain_pem, key_pem) as ldap_port: ...
+    with vsftpd(chain_pem, key_pem) as ftp_port: ...
 
 `missing()` names what is not installed, for a skip.
 """
@@ -33,6 +34,7 @@ def missing(*programs: str) -> list[str]:
         "postgres": str(PG_BIN / "postgres"),
         "mariadb": "/usr/sbin/mariadbd",
         "slapd": "/usr/sbin/slapd",
+        "vsftpd": "/usr/sbin/vsftpd",
     }
     return [name for name in programs if not Path(paths[name]).exists()]
 
@@ -244,4 +246,34 @@ TLSCertificateKeyFile {key}
         )
         command = ["/usr/sbin/slapd", "-d", "0", "-h", f"ldap://127.0.0.1:{port}/", "-f", str(config)]
         with _running(command, port, root / "slapd.log"):
+            yield port
+
+
+@contextmanager
+def vsftpd(chain_pem: bytes, key_pem: bytes, *, anonymous: bool = True) -> Iterator[int]:
+    """vsftpd with AUTH TLS (anonymous only, an empty root): yields its port. Without
+    `anonymous` it has no way in at all and refuses every session (500 OOPS)."""
+    with _folder() as root:
+        cert, key = _write_pair(root, chain_pem, key_pem)
+        empty = root / "empty"
+        empty.mkdir()
+        empty.chmod(0o555)
+        port = free_port()
+        config = root / "vsftpd.conf"
+        config.write_text(
+            f"""listen=YES
+listen_address=127.0.0.1
+listen_port={port}
+background=NO
+ssl_enable=YES
+rsa_cert_file={cert}
+rsa_private_key_file={key}
+secure_chroot_dir={empty}
+anonymous_enable={"YES" if anonymous else "NO"}
+anon_root={empty}
+allow_anon_ssl=YES
+local_enable=NO
+"""
+        )
+        with _running(["/usr/sbin/vsftpd", str(config)], port, root / "vsftpd.log"):
             yield port
