@@ -143,7 +143,7 @@ def test_line_api_hints(live_server: LiveServer) -> None:
         sock.sendall(b"ping\ncommand help\ncommand add apikey nosuchkeynosuchkey00 domain x.example\n")
         received = b""
         deadline = time.monotonic() + 10
-        while received.count(b"status ") < 3 and time.monotonic() < deadline:
+        while received.count(b"\n") < 3 and time.monotonic() < deadline:
             received += sock.recv(4096)
     first, helped, unknown = received.decode().splitlines()
     assert first == (
@@ -152,6 +152,7 @@ def test_line_api_hints(live_server: LiveServer) -> None:
     )
     assert helped == (
         "status ok 200 commands: apikey | claim apikey K email E | add apikey K domain D[:port] | "
-        "expiration apikey K domain D[:port] | ping | maildomain | help"
+        "expiration apikey K domain D[:port] | renewal apikey K domain D status S [sha256 H] [host N] | "
+        "ping | maildomain | help"
     )
     assert unknown == "status error 401 unknown API key; get one with: command apikey"
