@@ -372,3 +372,27 @@ def test_outbox_command_shows_channel_and_state(tmp_path: Path, secret: str) -> 
     assert row["kind"] == "notification" and row["channel"].startswith("channel ")
     assert row["to"] == gone.url + "/..." and row["state"] == "failed"
     assert "HTTP 404" in row["last_error"] and "no such hook" in row["last_error"]
+
+
+def test_mail_alerts_every_problem_once_and_again_when_worse(db_url: str) -> None:
+    from keychest.service import accounts, alerting
+
+    svc = make_service(db_url, NotifySettings())
+    endpoint_id = seen(svc, "www.example.net", days_left=200, problems=["weak_key"], state="warning")
+
+    raw = svc.call(keys.create).key
+    svc.call(domains.add, raw, "www.example.net")
+    outcome = svc.call(accounts.claim, raw, "ops@example.org")
+    svc.call(accounts.confirm, outcome.account_id, outcome.api_key_id)
+    assert svc.call(alerting.run_pass).alerts == 1
+    assert svc.call(alerting.run_pass).alerts == 0
+    set_problems(svc, endpoint_id, ["weak_key", "hostname_mismatch"], "critical")
+    assert svc.call(alerting.run_pass).alerts == 1
+    mails = svc.read(
+        lambda ctx: list(
+            ctx.session.scalars(select(OutboxMail).where(OutboxMail.kind == "alerts").order_by(OutboxMail.id))
+        )
+    )
+    kinds = [(a["kind"], a["severity"]) for m in mails for a in m.payload["alerts"]]
+    assert kinds == [("invalid", "warning"), ("invalid", "critical")]
+    assert "hostname_mismatch, weak_key" in mails[1].payload["subject"]

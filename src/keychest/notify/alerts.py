@@ -15,6 +15,9 @@ Rules (docs/mail.md):
   days or less: ACME CAs renew at two thirds) with under a third of its lifetime left while no
   address of the endpoint serves a newer one.
 - stale deployment: an address still serving an older certificate than its siblings.
+- invalid: any other problem the scanner reports at warning or critical (wrong host name,
+  untrusted or self-signed chain, weak key or signature, chain problems), once per
+  certificate, state and problem codes on an address.
 - down: an address failing for longer than the grace period, once per outage.
 - issuer changed: a new certificate from another CA (organisation; Let's Encrypt rotating
   its intermediates R10/R11 is not news), in the last 7 days.
@@ -33,6 +36,8 @@ DEFAULT_THRESHOLDS = (28, 14, 7, 3, 1)
 SHORT_LIVED = timedelta(days=30)
 ACME_MAX_LIFETIME = timedelta(days=100)
 ISSUER_CHANGE_WINDOW = timedelta(days=7)
+# Problem codes with alerts of their own (expiry, stale deployment); any other is "invalid".
+OWN_ALERTS = frozenset({"expired", "expires_soon", "stale_deployment"})
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class Policy:
 @dataclass(frozen=True)
 class Alert:
     key: str
-    kind: str  # expiry, expired, renewal_overdue, stale_deployment, down, issuer_changed
+    kind: str  # expiry, expired, renewal_overdue, stale_deployment, invalid, down, issuer_changed
     severity: str  # warning, critical
     title: str  # one line, for the subject and the list
     detail: str  # one or two sentences: what we saw and what to do
@@ -191,6 +196,25 @@ def decide(
                             "server. Reload it or copy the new certificate there.",
                             (endpoint.name,),
                             f"serves an old certificate at {address.ip}",
+                        )
+                    )
+            invalid = tuple(sorted(p for p in address.problems if p not in OWN_ALERTS))
+            if served is not None and invalid and address.state in ("warning", "critical"):
+                # Every other problem the scanner reports is an incident too (issue 12 item 6):
+                # once per certificate, state and codes, so getting worse is news again.
+                key = f"invalid:{endpoint.id}:{address.ip}:{served.id}:{address.state}:{','.join(invalid)}"
+                if key not in sent:
+                    alerts.append(
+                        Alert(
+                            key,
+                            "invalid",
+                            address.state,
+                            f"Certificate problem at {address.ip or endpoint.name}: {endpoint.name}",
+                            f"The scanner found {', '.join(invalid)} on the certificate from {served.issuer} "
+                            f"served by {endpoint.name} at {address.ip}. Browsers may refuse it; the "
+                            "dashboard explains each problem.",
+                            (endpoint.name,),
+                            f"certificate problem: {', '.join(invalid)}",
                         )
                     )
             if address.error_kind is not None and address.error_since is not None:
