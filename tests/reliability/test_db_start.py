@@ -110,3 +110,17 @@ def test_serve_waits_for_the_database(tmp_path: Path) -> None:
     assert all(line.startswith("20") and "WARNING" in line for line in attempts)
     assert "Traceback" not in log_text
     assert PASSWORD not in log_text and "s3cret" not in log_text
+
+
+def test_a_wrong_role_is_not_waited_for(tmp_path: Path) -> None:
+    real = urlsplit(PG_URL or "")
+    url = f"postgresql://no_such_role_kc@{real.hostname}:{real.port or 5432}/test"
+    started = time.monotonic()
+    done = subprocess.run(
+        [*KEYCHEST, "serve", "--role", "scanner", "--db", url, "--data-dir", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert time.monotonic() - started < 20  # no back-off: waiting cannot fix a missing role
+    assert "retrying" not in done.stderr and "Traceback" not in done.stderr
+    assert 'role "no_such_role_kc" does not exist' in done.stderr.strip().splitlines()[-1]

@@ -31,6 +31,18 @@ P = ParamSpec("P")
 
 UNAVAILABLE_TEXT = "storage unavailable; nothing was changed, retry"
 
+# What libpq says while the server is not (yet) there: the start-up waits for these only.
+NOT_UP_YET = (
+    "connection refused",
+    "could not connect",
+    "timeout expired",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "no route to host",
+    "could not translate host name",
+    "server closed the connection unexpectedly",
+)
+
 
 @contextmanager
 def storage_errors() -> Iterator[None]:
@@ -116,8 +128,9 @@ class Keychest:
         except (OperationalError, InterfaceError, OSError) as exc:
             db.dispose()
             # A PostgreSQL server that is not up yet (a machine booting) is worth waiting for;
-            # an SQLite folder that is not writable is not.
-            retry = not db.is_sqlite and isinstance(exc, (OperationalError, InterfaceError))
+            # a wrong password, a missing database or an unwritable SQLite folder is not.
+            reason = str(getattr(exc, "orig", None) or exc).lower()
+            retry = not db.is_sqlite and any(sign in reason for sign in NOT_UP_YET)
             raise StorageUnavailable(_open_failure(db, exc), retry=retry) from exc
         return cls(db, settings)
 
