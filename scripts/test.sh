@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  # certbot/pebble: hook end-to-end; chromium: dashboard; exim/dovecot/postgresql/mariadb/slapd/vsftpd: STARTTLS
+  # certbot/pebble: hook end-to-end; chromium: dashboard; exim/dovecot/postgresql/mariadb/slapd/vsftpd/prosody: STARTTLS
   # servers the scan tests start on loopback; the rest: scan benchmark peers.
   wanted=(certbot pebble shellcheck chromium openssl curl ssl-cert-check monitoring-plugins-contrib
-    exim4-daemon-light dovecot-imapd dovecot-pop3d dovecot-managesieved postgresql-15 mariadb-server-core slapd vsftpd
+    exim4-daemon-light dovecot-imapd dovecot-pop3d dovecot-managesieved postgresql-15 mariadb-server-core slapd vsftpd prosody
     faketime)  # faketime: a scanner with a skewed clock (tests/reliability/test_db_time.py)
   missing=()
   for pkg in "${wanted[@]}"; do

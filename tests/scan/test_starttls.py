@@ -216,6 +216,13 @@ def test_ftp_on_vsftpd(mail_cert: ServerCert, certs: CertFactory) -> None:
         assert "500 OOPS" in refused.error.message
 
 
+def test_xmpp_on_prosody(mail_cert: ServerCert, certs: CertFactory) -> None:
+    if tls_daemons.missing("prosody"):
+        pytest.skip("prosody not installed (scripts/test.sh installs it)")
+    with tls_daemons.prosody(mail_cert.chain_pem, mail_cert.key_pem, "127.0.0.1") as port:
+        _assert_ok(_scan(f"xmpp://127.0.0.1:{port}", certs), "xmpp", mail_cert)
+
+
 # --- hostile plain-text servers -------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ certificate, in a private temp folder, started in the foreground and stopped by 
     with mariadb(chain_pem, key_pem) as mysql_port: ...
     with slapd(chain_pem, key_pem) as ldap_port: ...
     with vsftpd(chain_pem, key_pem) as ftp_port: ...
+    with prosody(chain_pem, key_pem, "127.0.0.1") as xmpp_port: ...
 
 `missing()` names what is not installed, for a skip.
 """
@@ -35,6 +36,7 @@ def missing(*programs: str) -> list[str]:
         "mariadb": "/usr/sbin/mariadbd",
         "slapd": "/usr/sbin/slapd",
         "vsftpd": "/usr/sbin/vsftpd",
+        "prosody": "/usr/bin/prosody",
     }
     return [name for name in programs if not Path(paths[name]).exists()]
 
@@ -276,4 +278,34 @@ local_enable=NO
 """
         )
         with _running(["/usr/sbin/vsftpd", str(config)], port, root / "vsftpd.log"):
+            yield port
+
+
+@contextmanager
+def prosody(chain_pem: bytes, key_pem: bytes, host: str) -> Iterator[int]:
+    """Prosody (XMPP) with STARTTLS for the virtual host `host`: yields its c2s port."""
+    with _folder() as root:
+        cert, key = _write_pair(root, chain_pem, key_pem)
+        (root / "data").mkdir()
+        port = free_port()
+        config = root / "prosody.cfg.lua"
+        config.write_text(
+            f"""pidfile = "{root}/prosody.pid"
+daemonize = false
+run_as_root = true
+data_path = "{root}/data"
+certificates = "{root}"
+c2s_ports = {{ {port} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+s2s_ports = {{ }}
+component_ports = {{ }}
+http_ports = {{ }}
+https_ports = {{ }}
+log = {{ {{ levels = {{ min = "error" }}, to = "console" }} }}
+modules_enabled = {{ "tls" }}
+VirtualHost "{host}"
+  ssl = {{ certificate = "{cert}", key = "{key}" }}
+"""
+        )
+        with _running(["/usr/bin/prosody", "--config", str(config)], port, root / "prosody.log"):
             yield port
