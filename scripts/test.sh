@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests need (Debian packages, the venv, certbot 5.x) and runs the whole
-# suite. Arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` for the quick run.
+# suite, after the house rules (scripts/lint.sh: ruff, ruff format, import-linter, mypy), which
+# fail the run like a failing test. Arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`
+# for the quick run; KEYCHEST_SKIP_LINT=1 skips the house rules while iterating on one test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +11,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # servers the scan tests start on loopback; the rest: scan benchmark peers.
   wanted=(certbot pebble shellcheck chromium openssl curl ssl-cert-check monitoring-plugins-contrib
     exim4-daemon-light dovecot-imapd dovecot-pop3d dovecot-managesieved postgresql-15 mariadb-server-core slapd vsftpd prosody
-    faketime)  # faketime: a scanner with a skewed clock (tests/reliability/test_db_time.py)
+    faketime  # a scanner with a skewed clock (tests/reliability/test_db_time.py)
+    lego dehydrated)  # the hook as their deploy hook, against pebble (tests/hook/test_hook_other_clients.py)
   missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -24,5 +27,8 @@ fi
 bash scripts/bootstrap.sh test
 if [ -f scripts/install-certbot-test-deps.sh ]; then
   bash scripts/install-certbot-test-deps.sh
+fi
+if [ "${KEYCHEST_SKIP_LINT:-}" != 1 ]; then
+  bash scripts/lint.sh
 fi
 exec .venv/bin/python -m pytest "$@"
