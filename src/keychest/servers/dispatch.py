@@ -1,7 +1,8 @@
 """What each line API command means: requests to service calls, results to responses.
 
 Answers that need no database come back at once as a Response; the rest are handed to the
-write batcher, which calls ``deliver`` with the Response after its commit. No coroutine or
+write batcher, which calls ``deliver`` with the Response after its commit (or, for a read,
+after a read transaction on a reader thread). No coroutine or
 future per request: on the hot path of a bash client that opens one connection per request,
 every allocation counts.
 """
@@ -90,6 +91,9 @@ WRITES: dict[str, tuple[Callable[..., Any], tuple[str, ...], Callable[[Any], Res
     "renewal": (renewals.report, ("apikey", "domain", "status", "sha256?", "host?"), _renewal),
 }
 
+# Answered from a read connection (WriteBatcher's readers), not through the writer's commits.
+READS = frozenset({"expiration"})
+
 # A line API user who meets 401 is told how to get a key (REST keeps the bare text).
 UNKNOWN_KEY_HINT = "get one with: command apikey"
 
@@ -135,5 +139,5 @@ class Dispatcher:
         args = tuple(
             request.args.get(name[:-1]) if name.endswith("?") else request.get(name) for name in names
         )
-        self.submit(Call(fn, args, ip), finish, deliver)
+        self.submit(Call(fn, args, ip, read=cmd in READS), finish, deliver)
         return None

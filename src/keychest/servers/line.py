@@ -34,6 +34,10 @@ log = logging.getLogger("keychest.line")
 MAX_BATCH = 1000
 # Pauses before repeating a batch the database refused for want of a connection.
 RETRY_DELAYS_S = (0.5, 2.0)
+# Reads (`expiration`) run on this many threads, each with a read connection of its own.
+MAX_READERS = 4
+# How long a key's last-use stamp noted by a read may wait for a commit to carry it.
+STAMP_FLUSH_S = 1.0
 # A client that pipelines without reading its answers is paused at this many pending.
 MAX_PENDING_PER_CONNECTION = 64
 
@@ -46,16 +50,27 @@ PROXY_REFUSED = format_response(
 
 
 class WriteBatcher:
-    """Collects writes and runs them in batches on one thread: one commit, one fsync, per batch."""
+    """Collects writes and runs them in batches on one thread: one commit, one fsync, per batch.
+
+    Reads (a Call with ``read``) skip the queue: they run on reader threads with read
+    connections, and the last-use stamps they note ride on the next commit (or on a small
+    commit of their own after STAMP_FLUSH_S when no write comes).
+    """
 
     def __init__(self, service: Keychest) -> None:
         self.service = service
         self._pending: list[tuple[Call, Callable[[Any], Response], Deliver]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="keychest-writer")
+        # The writer holds one pooled connection; the HTTP API wants some too.
+        readers = max(1, min(MAX_READERS, service.settings.db_pool_size - 2))
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="keychest-reader")
         self._busy = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stamp_timer: asyncio.TimerHandle | None = None
+        self._reading = 0
         self.batches = 0
         self.calls = 0
+        self.reads = 0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -63,9 +78,55 @@ class WriteBatcher:
     def submit(self, call: Call, finish: Callable[[Any], Response], deliver: Deliver) -> None:
         """Queue a call; after its commit, ``deliver`` gets the answer (on the event loop)."""
         assert self._loop is not None, "start() first"
+        if call.read:
+            self._read(call, finish, deliver)
+            return
         self._pending.append((call, finish, deliver))
         if not self._busy:
             self._run_next()
+
+    def _read(self, call: Call, finish: Callable[[Any], Response], deliver: Deliver) -> None:
+        assert self._loop is not None
+        self._reading += 1
+        done = self._loop.run_in_executor(self._readers, self._read_one, call)
+        done.add_done_callback(lambda fut: self._read_done(finish, deliver, fut))
+
+    def _read_one(self, call: Call) -> object:
+        try:
+            return self.service.read_call(call)
+        except StorageUnavailable as exc:
+            log.error("database unavailable; a read answered 503: %s", exc.__cause__ or exc)
+            return exc
+        except Exception as exc:  # a bug: this request gets a 500
+            log.exception("read %s failed", getattr(call.fn, "__name__", call.fn))
+            return exc
+
+    def _read_done(
+        self, finish: Callable[[Any], Response], deliver: Deliver, fut: asyncio.Future[object]
+    ) -> None:
+        self._reading -= 1
+        self.reads += 1
+        result = fut.result() if not fut.cancelled() else RuntimeError("cancelled")
+        try:
+            deliver(result_response(result, finish))
+        except Exception:
+            log.exception("delivering an answer failed")
+        self._schedule_stamps()
+
+    def _schedule_stamps(self) -> None:
+        if self._stamp_timer is None and len(self.service.stamps) and self._loop is not None:
+            self._stamp_timer = self._loop.call_later(STAMP_FLUSH_S, self._flush_stamps)
+
+    def _flush_stamps(self) -> None:
+        """No write came to carry the noted stamps: a commit of its own (call_batch of none)."""
+        self._stamp_timer = None
+        if not len(self.service.stamps):
+            return
+        if self._busy:
+            # The batch running now may have begun before these stamps: check after it.
+            self._schedule_stamps()
+            return
+        self._run_next()
 
     def _run_next(self) -> None:
         assert self._loop is not None
@@ -109,18 +170,30 @@ class WriteBatcher:
         self._busy = False
         if self._pending:
             self._run_next()
+        else:
+            self._schedule_stamps()
 
     async def stop(self) -> None:
         # Let what was accepted finish: its clients are waiting for a durable answer.
-        while self._busy or self._pending:
+        while self._busy or self._pending or self._reading:
             await asyncio.sleep(0.01)
+        if self._stamp_timer is not None:
+            self._stamp_timer.cancel()
+            self._stamp_timer = None
+        if len(self.service.stamps):
+            # The stamps noted by the last reads: one more commit rather than losing them.
+            self._run_next()
+            while self._busy:
+                await asyncio.sleep(0.01)
+        self._readers.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         if self.batches:
             log.info(
-                "writer: %d requests in %d commits (%.1f a commit)",
+                "writer: %d requests in %d commits (%.1f a commit), %d reads",
                 self.calls,
                 self.batches,
                 self.calls / self.batches,
+                self.reads,
             )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from keychest.config import Settings
+from keychest.service import keys
 from keychest.service.bulk import BULK_VARIANTS
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError, StorageUnavailable
@@ -79,6 +80,9 @@ class Call:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     ip: str | None = None
+    # A read (the line API's `expiration`): served by read_call on a read connection, never
+    # queued behind the writer's commits.
+    read: bool = False
 
 
 class Keychest:
@@ -89,16 +93,19 @@ class Keychest:
         clock: Callable[[], datetime] = utcnow,
         *,
         ip: str | None = None,
+        stamps: keys.UseStamps | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
         # The client address calls are made for (audit log, per-address quotas): see from_ip.
         self.ip = ip
+        # Last-use stamps of keys noted by read_call; every call_batch writes them.
+        self.stamps = stamps if stamps is not None else keys.UseStamps()
 
     def from_ip(self, ip: str | None) -> Keychest:
         """This service, calling on behalf of a client at ``ip`` (each call's ``ctx.ip``)."""
-        return Keychest(self.db, self.settings, self.clock, ip=ip)
+        return Keychest(self.db, self.settings, self.clock, ip=ip, stamps=self.stamps)
 
     @classmethod
     def open(cls, settings: Settings) -> Keychest:
@@ -192,6 +199,18 @@ class Keychest:
         with storage_errors(), self.db.read() as session:
             return fn(self._ctx(session, self.clock(), self.ip), *args, **kwargs)
 
+    def read_call(self, call: Call) -> object:
+        """Run a read-only call; its value or its ServiceError (as call_batch gives them).
+
+        The keys it uses are stamped in :attr:`stamps`, written by the next call_batch: a
+        read costs no commit of its own.
+        """
+        try:
+            with storage_errors(), self.db.read() as session, keys.stamps_deferred_to(self.stamps):
+                return call.fn(self._ctx(session, self.clock(), call.ip), *call.args)
+        except ServiceError as exc:
+            return exc
+
     def call_batch(self, calls: Sequence[Call]) -> list[object]:
         """Run calls under one commit. A call that raises ServiceError is rolled back alone.
 
@@ -206,25 +225,43 @@ class Keychest:
         groups: dict[Callable[..., Any], list[int]] = {}
         for index, call in enumerate(calls):
             groups.setdefault(call.fn, []).append(index)
-        with storage_errors(), self.db.write() as session:
-            now = self.clock()
-            for fn, indexes in groups.items():
-                many = BULK_VARIANTS.get(fn)
-                if many is not None and len(indexes) > 1:
-                    items = [(calls[i].ip, calls[i].args) for i in indexes]
-                    try:
-                        with session.begin_nested():
-                            outs = many(self._ctx(session, now, None), items)
-                    except ServiceError as exc:
-                        outs = [exc] * len(indexes)
-                    for index, out in zip(indexes, outs, strict=True):
-                        results[index] = out
-                    continue
-                for index in indexes:
-                    call = calls[index]
-                    try:
-                        with session.begin_nested():
-                            results[index] = fn(self._ctx(session, now, call.ip), *call.args)
-                    except ServiceError as exc:
-                        results[index] = exc
+        stamps = self.stamps.take()
+        if not calls and not stamps:
+            return results
+        try:
+            with storage_errors(), self.db.write() as session:
+                now = self.clock()
+                self._batch(session, now, calls, groups, results)
+                keys.write_stamps(self._ctx(session, now, None), stamps)
+        except BaseException:
+            self.stamps.give_back(stamps)
+            raise
         return results
+
+    def _batch(
+        self,
+        session: Session,
+        now: datetime,
+        calls: Sequence[Call],
+        groups: dict[Callable[..., Any], list[int]],
+        results: list[object],
+    ) -> None:
+        for fn, indexes in groups.items():
+            many = BULK_VARIANTS.get(fn)
+            if many is not None and len(indexes) > 1:
+                items = [(calls[i].ip, calls[i].args) for i in indexes]
+                try:
+                    with session.begin_nested():
+                        outs = many(self._ctx(session, now, None), items)
+                except ServiceError as exc:
+                    outs = [exc] * len(indexes)
+                for index, out in zip(indexes, outs, strict=True):
+                    results[index] = out
+                continue
+            for index in indexes:
+                call = calls[index]
+                try:
+                    with session.begin_nested():
+                        results[index] = fn(self._ctx(session, now, call.ip), *call.args)
+                except ServiceError as exc:
+                    results[index] = exc

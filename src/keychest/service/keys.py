@@ -6,11 +6,14 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, func, insert, select
+from sqlalchemy import Select, bindparam, func, insert, select, update
 
 from keychest.service import audit, errors
 from keychest.service.bulk import bulk_of, chunks, filled, only
@@ -24,6 +27,73 @@ KEY_PATTERN = re.compile(r"[A-Za-z0-9-]{16,64}")
 PREFIX_LEN = 8
 # Writing last_used_at on every request would double the writes of a busy key.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class UseStamps:
+    """Last-use stamps noted by reads, written later by the writer in one UPDATE per batch.
+
+    A read (the line API's `expiration`) must not cost a durable commit of its own just to
+    say when a key was last used: the stamp waits here. A crash loses the stamps not yet
+    written, never an answered write. Shared by the event loop, the readers and the writer.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stamps: dict[int, tuple[datetime, str | None]] = {}
+        self.noted = 0
+        self.written = 0
+
+    def note(self, key_id: int, at: datetime, ip: str | None) -> None:
+        with self._lock:
+            self._stamps[key_id] = (at, ip)
+            self.noted += 1
+
+    def __len__(self) -> int:
+        return len(self._stamps)
+
+    def take(self) -> dict[int, tuple[datetime, str | None]]:
+        with self._lock:
+            taken, self._stamps = self._stamps, {}
+        return taken
+
+    def give_back(self, taken: dict[int, tuple[datetime, str | None]]) -> None:
+        """Stamps whose write failed: kept for the next one, unless a newer stamp came."""
+        with self._lock:
+            for key_id, stamp in taken.items():
+                self._stamps.setdefault(key_id, stamp)
+
+
+# Set while a read runs for Keychest.read_call: `use_many` notes stamps here instead of
+# changing the row (the read transaction writes nothing).
+_deferred: ContextVar[UseStamps | None] = ContextVar("keychest_deferred_stamps", default=None)
+
+
+@contextmanager
+def stamps_deferred_to(stamps: UseStamps) -> Iterator[None]:
+    token = _deferred.set(stamps)
+    try:
+        yield
+    finally:
+        _deferred.reset(token)
+
+
+def write_stamps(ctx: Ctx, stamps: dict[int, tuple[datetime, str | None]]) -> None:
+    """Write noted last-use stamps: one executemany UPDATE, never moving a stamp backwards."""
+    if not stamps:
+        return
+    table = ApiKey.__table__
+    statement = (
+        update(table)
+        .where(
+            table.c.id == bindparam("b_id"),
+            (table.c.last_used_at.is_(None)) | (table.c.last_used_at <= bindparam("b_at")),
+        )
+        .values(last_used_at=bindparam("b_at"), last_used_ip=bindparam("b_ip"))
+    )
+    ctx.session.execute(
+        statement,
+        [{"b_id": key_id, "b_at": at, "b_ip": ip} for key_id, (at, ip) in sorted(stamps.items())],
+    )
 
 
 @dataclass(frozen=True)
@@ -169,7 +239,11 @@ def use_many(
             answer[raw] = row
             stale = row.last_used_at is None or ctx.now - row.last_used_at >= LAST_USED_RESOLUTION
             if stale or row.last_used_ip != ip:
-                row.last_used_at, row.last_used_ip = ctx.now, ip
+                deferred = _deferred.get()
+                if deferred is not None:
+                    deferred.note(row.id, ctx.now, ip)
+                else:
+                    row.last_used_at, row.last_used_ip = ctx.now, ip
     return answer
 
 
