@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import io
 import json
 import multiprocessing
+import os
+import select
 import sys
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -71,6 +74,40 @@ def run_scan(endpoints: Sequence[Endpoint], options: ScanOptions, workers: int =
             for offset, results in enumerate(part):
                 grouped[worker + offset * workers] = results
     return [result for results in grouped for result in results]
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Every byte of `data` to `fd`, or OSError.
+
+    Not sys.stdout.write: under PYTHONUNBUFFERED (or -u) its buffer is the raw file, whose
+    one write() may take only part of the text (a full pipe that a parent or another
+    process sharing it left O_NONBLOCK, a signal), and TextIOWrapper drops the rest
+    silently: a pipe reader got exactly 64 KiB and exit status 0.
+    """
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            # The fd is non-blocking and the reader lags: wait until it drains.
+            select.select([], [fd], [])
+            continue
+        view = view[written:]
+
+
+def _emit(text: str) -> None:
+    """Print `text` on stdout completely; a reader that is gone or a full disk is an error
+    (exit 2), never a silent exit 0 with the report lost."""
+    try:
+        sys.stdout.flush()
+        write_all(
+            sys.stdout.fileno(), text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
+        )
+    except OSError as exc:
+        # Nothing more can reach this stdout; keep the interpreter's final flush quiet.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        click.echo(f"keychest scan: cannot write the results: {exc}", err=True)
+        sys.exit(2)
 
 
 def _read_targets(targets: Sequence[str], files: Sequence[TextIO]) -> list[Endpoint]:
@@ -277,12 +314,16 @@ def scan(
     if as_json:
         # One write: json.dump() would issue a write per token, which costs more than the
         # scan itself for thousands of results.
-        sys.stdout.write(json.dumps(results_to_json(results), indent=2) + "\n")
+        _emit(json.dumps(results_to_json(results), indent=2) + "\n")
     else:
         from rich.console import Console
 
         # Piped (cron mail, CI logs): rich would assume 80 columns and fold every cell.
-        Console(width=None if sys.stdout.isatty() else 160).print(render_table(results))
+        # Rendered into memory, then written whole by _emit: no tail lost to a short write.
+        tty = sys.stdout.isatty()
+        console = Console(file=io.StringIO(), width=None if tty else 160, force_terminal=tty)
+        console.print(render_table(results))
+        _emit(console.file.getvalue())  # type: ignore[attr-defined]
     sys.exit(exit_status(results))
 
 
