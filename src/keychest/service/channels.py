@@ -9,15 +9,20 @@ longer in the flags becomes ``removed``: its queued notifications are skipped.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select, update
 
-from keychest.notify import deliver, events, signing
+from keychest.config import Settings
+from keychest.notify import deliver, events, payload, signing
 from keychest.service import errors, keys, secrets
 from keychest.service.context import Ctx
 from keychest.states import AccountState, KeyState
@@ -190,9 +195,21 @@ class Created:
     secret: str | None  # the webhook secret in full: this answer only
 
 
+def _active(ctx: Ctx, account_id: int) -> Account:
+    account = ctx.session.get(Account, account_id)
+    if account is None or account.state != AccountState.ACTIVE:
+        raise errors.forbidden("alert channels need a confirmed account")
+    return account
+
+
 def add(ctx: Ctx, raw_key: str, new: NewChannel) -> Created:
     """Store a channel :func:`check` accepted, for the key's account."""
-    account = _account(ctx, raw_key)
+    return add_for_account(ctx, _account(ctx, raw_key).id, new)
+
+
+def add_for_account(ctx: Ctx, account_id: int, new: NewChannel) -> Created:
+    """REST (through :func:`add`) and the dashboard's settings page store channels here."""
+    account = _active(ctx, account_id)
     url = new.url.strip()
     ref = f"account:{account.id}:" + hashlib.sha256(f"{new.kind}\n{url}".encode()).hexdigest()[:60]
     row = ctx.session.scalar(select(Channel).where(Channel.ref == ref))
@@ -210,7 +227,11 @@ def add(ctx: Ctx, raw_key: str, new: NewChannel) -> Created:
 
 
 def for_key(ctx: Ctx, raw_key: str) -> list[ChannelView]:
-    account = _account(ctx, raw_key)
+    return for_account(ctx, _account(ctx, raw_key).id)
+
+
+def for_account(ctx: Ctx, account_id: int) -> list[ChannelView]:
+    account = _active(ctx, account_id)
     rows = ctx.session.scalars(
         select(Channel).where(Channel.account_id == account.id, Channel.state != REMOVED).order_by(Channel.id)
     )
@@ -227,8 +248,8 @@ def for_key(ctx: Ctx, raw_key: str) -> list[ChannelView]:
     return out
 
 
-def _own(ctx: Ctx, raw_key: str, channel_id: int) -> Channel:
-    account = _account(ctx, raw_key)
+def _own(ctx: Ctx, account_id: int, channel_id: int) -> Channel:
+    account = _active(ctx, account_id)
     row = ctx.session.get(Channel, channel_id)
     if row is None or row.account_id != account.id or row.state == REMOVED:
         raise errors.not_found("no such channel")
@@ -236,16 +257,54 @@ def _own(ctx: Ctx, raw_key: str, channel_id: int) -> Channel:
 
 
 def remove(ctx: Ctx, raw_key: str, channel_id: int) -> None:
+    remove_for_account(ctx, _account(ctx, raw_key).id, channel_id)
+
+
+def remove_for_account(ctx: Ctx, account_id: int, channel_id: int) -> None:
     """Its queued notifications are skipped; the events it got stay for the record."""
-    row = _own(ctx, raw_key, channel_id)
+    row = _own(ctx, account_id, channel_id)
     row.state, row.sealed = REMOVED, None
 
 
 def test_target(ctx: Ctx, raw_key: str, channel_id: int) -> deliver.Target:
-    target_ = target(ctx, _own(ctx, raw_key, channel_id))
+    return test_target_for_account(ctx, _account(ctx, raw_key).id, channel_id)
+
+
+def test_target_for_account(ctx: Ctx, account_id: int, channel_id: int) -> deliver.Target:
+    target_ = target(ctx, _own(ctx, account_id, channel_id))
     if target_ is None:
         raise errors.invalid("this channel cannot be decrypted any more: set it again")
     return target_
+
+
+def send_test(settings: Settings, target_: deliver.Target, now: datetime) -> deliver.Outcome:
+    """One test notification, delivered now (not through the outbox): REST's and the
+    dashboard's "send a test". Blocking: call it outside the event loop and any transaction."""
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    event = payload.test_event(now)
+    body = payload.build(
+        event,
+        msg_id=msg_id,
+        occurred_at=now,
+        now=now,
+        host=event.endpoint,
+        port=443,
+        account=None,
+        dashboard_url=settings.mail.public_url + "/",
+        ack_url=None,
+    )
+    return asyncio.run(
+        deliver.send(
+            target_,
+            body=json.dumps(body, separators=(",", ":")).encode(),
+            title=event.title,
+            message=event.message,
+            msg_id=msg_id,
+            timestamp=int(time.time()),
+            timeout_s=settings.notify.timeout_s,
+            allow_private_targets=settings.scan.allow_private_targets,
+        )
+    )
 
 
 def list_all(ctx: Ctx) -> list[ChannelView]:

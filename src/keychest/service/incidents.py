@@ -286,9 +286,21 @@ def _add_hold(
 ) -> HoldView:
     endpoint = visibility.key_endpoint(ctx, raw_key, domain)
     key = keys.use(ctx, raw_key)
+    return _store_hold(ctx, endpoint.id, key.account_id, kind, starts_at, ends_at, weekly)
+
+
+def _store_hold(
+    ctx: Ctx,
+    endpoint_id: int,
+    account_id: int | None,
+    kind: str,
+    starts_at: datetime,
+    ends_at: datetime,
+    weekly: bool,
+) -> HoldView:
     row = NotifyHold(
-        endpoint_id=endpoint.id,
-        account_id=key.account_id,
+        endpoint_id=endpoint_id,
+        account_id=account_id,
         kind=kind,
         starts_at=starts_at,
         ends_at=ends_at,
@@ -300,23 +312,73 @@ def _add_hold(
     return _hold_view(ctx, row)
 
 
-def snooze(ctx: Ctx, raw_key: str, domain: str, days: float) -> HoldView:
-    """Hold a server's alerts for ``days`` from now."""
+def _check_snooze(days: float) -> None:
     if not 0 < days <= MAX_SNOOZE_DAYS:
         raise errors.invalid(f"days must be more than 0 and at most {MAX_SNOOZE_DAYS}")
-    return _add_hold(ctx, raw_key, domain, SNOOZE, ctx.now, ctx.now + timedelta(days=days), False)
 
 
-def maintenance(
-    ctx: Ctx, raw_key: str, domain: str, starts_at: datetime, ends_at: datetime, *, weekly: bool
-) -> HoldView:
+def _check_window(ctx: Ctx, starts_at: datetime, ends_at: datetime, weekly: bool) -> None:
     if ends_at <= starts_at:
         raise errors.invalid("the window must end after it starts")
     if weekly and ends_at - starts_at >= MAX_WINDOW:
         raise errors.invalid("a weekly window must be shorter than a week")
     if not weekly and ends_at <= ctx.now:
         raise errors.invalid("the window is over already")
+
+
+def snooze(ctx: Ctx, raw_key: str, domain: str, days: float) -> HoldView:
+    """Hold a server's alerts for ``days`` from now."""
+    _check_snooze(days)
+    return _add_hold(ctx, raw_key, domain, SNOOZE, ctx.now, ctx.now + timedelta(days=days), False)
+
+
+def maintenance(
+    ctx: Ctx, raw_key: str, domain: str, starts_at: datetime, ends_at: datetime, *, weekly: bool
+) -> HoldView:
+    _check_window(ctx, starts_at, ends_at, weekly)
     return _add_hold(ctx, raw_key, domain, MAINTENANCE, starts_at, ends_at, weekly)
+
+
+# --- the same for the dashboard: a signed-in account and a server id ----------------------------
+
+
+def _account_endpoint(ctx: Ctx, account_id: int, endpoint_id: int) -> Endpoint:
+    endpoint = visibility.account_endpoint(ctx, account_id, endpoint_id)
+    if endpoint is None:
+        raise errors.not_found("no such server")
+    return endpoint
+
+
+def snooze_server(ctx: Ctx, account_id: int, endpoint_id: int, days: float) -> HoldView:
+    _check_snooze(days)
+    endpoint = _account_endpoint(ctx, account_id, endpoint_id)
+    until = ctx.now + timedelta(days=days)
+    return _store_hold(ctx, endpoint.id, account_id, SNOOZE, ctx.now, until, False)
+
+
+def maintenance_server(
+    ctx: Ctx, account_id: int, endpoint_id: int, starts_at: datetime, ends_at: datetime, *, weekly: bool
+) -> HoldView:
+    _check_window(ctx, starts_at, ends_at, weekly)
+    endpoint = _account_endpoint(ctx, account_id, endpoint_id)
+    return _store_hold(ctx, endpoint.id, account_id, MAINTENANCE, starts_at, ends_at, weekly)
+
+
+def server_holds(ctx: Ctx, account_id: int, endpoint_id: int) -> list[HoldView]:
+    """The server's snoozes and windows that are not over."""
+    endpoint = _account_endpoint(ctx, account_id, endpoint_id)
+    rows = ctx.session.scalars(
+        select(NotifyHold).where(NotifyHold.endpoint_id == endpoint.id).order_by(NotifyHold.id)
+    )
+    return [_hold_view(ctx, row) for row in rows if row.weekly or row.ends_at > ctx.now]
+
+
+def remove_server_hold(ctx: Ctx, account_id: int, endpoint_id: int, hold_id: int) -> None:
+    endpoint = _account_endpoint(ctx, account_id, endpoint_id)
+    row = ctx.session.get(NotifyHold, hold_id)
+    if row is None or row.endpoint_id != endpoint.id:
+        raise errors.not_found("no such snooze or maintenance window")
+    ctx.session.delete(row)
 
 
 def _key_holds(ctx: Ctx, raw_key: str) -> list[NotifyHold]:

@@ -25,9 +25,22 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from markupsafe import Markup, escape
 from starlette.concurrency import run_in_threadpool
 
+from keychest.notify import deliver
+from keychest.notify import events as event_rules
 from keychest.scan.judge import days_left as judge_days_left
 from keychest.scan.model import ScanOptions
-from keychest.service import certificates, endpoints, overview, preferences, renewals, secrets
+from keychest.service import (
+    certificates,
+    channels,
+    endpoints,
+    errors,
+    heartbeats,
+    incidents,
+    overview,
+    preferences,
+    renewals,
+    secrets,
+)
 from keychest.service.context import Ctx
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
@@ -53,7 +66,14 @@ NOTICES = {
     "approved": "API key approved.",
     "saved": "Settings saved.",
     "unsubscribed": "You will get no more alerts or weekly reports. Turn them back on here at any time.",
+    "channel_added": "Channel added.",
+    "channel_removed": "Channel removed: its queued alerts are dropped.",
+    "snoozed": "Alerts for this server are held; they go out afterwards only if still true.",
+    "window_added": "Maintenance window added.",
+    "hold_removed": "Snooze or window ended: alerts flow again.",
 }
+# What a channel may ask for in the settings form ("test" is the test message: always sent).
+CHANNEL_EVENT_TYPES = tuple(t for t in event_rules.EVENT_TYPES if t != event_rules.TEST)
 SECURITY_HEADERS = {
     # Nothing inline, nothing from elsewhere: the pages need only their own CSS and script.
     "Content-Security-Policy": (
@@ -90,6 +110,26 @@ def days_left(moment: datetime | None, now: datetime) -> str:
         ago_days = (now - moment) // timedelta(days=1)
         return "expired today" if ago_days == 0 else f"expired {_days(ago_days)} ago"
     return _days(judge_days_left(moment, now))
+
+
+# A process whose heartbeat (every 10 s) or main loop's pass is older than this is shown as
+# stale on the overview: dead, hung, or cut off from the database.
+PROCESS_STALE_S = 60.0
+PASS_STALE_S = 120.0
+
+
+def process_stale(process: heartbeats.HeartbeatView) -> bool:
+    return process.age_s > PROCESS_STALE_S or (process.pass_age_s or 0.0) > PASS_STALE_S
+
+
+def seconds_text(seconds: float | None) -> str:
+    """An age in the largest whole unit that fits: "42 s", "5 min", "3 h", "2 d"."""
+    if seconds is None:
+        return "no pass yet"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= 2 * size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
 
 
 def ago(moment: datetime | None, now: datetime) -> str:
@@ -332,6 +372,7 @@ def install(app: FastAPI, service: Keychest) -> None:
             return pages.to_signin(request)
         data: overview.Overview = await pages.db(request, overview.overview, account.id)
         colours = _colours(data.calendar.issuers)
+        processes = await pages.db(request, heartbeats.heartbeats)
         return pages.render(
             request,
             "overview.html",
@@ -341,6 +382,10 @@ def install(app: FastAPI, service: Keychest) -> None:
             calendar=calendar_svg(data.calendar),
             calendar_rows=list(zip(data.calendar.months, data.calendar.counts, strict=True)),
             legend=[(issuer, colours[issuer]) for issuer in data.calendar.issuers],
+            processes=processes,
+            process_stale=process_stale,
+            stale_count=sum(process_stale(p) for p in processes),
+            seconds_text=seconds_text,
         )
 
     @app.get("/servers", response_class=HTMLResponse, include_in_schema=False)
@@ -436,9 +481,24 @@ def install(app: FastAPI, service: Keychest) -> None:
         try:
             detail = await pages.db(request, overview.server_detail, account.id, endpoint_id)
             renewal = await pages.db(request, renewals.last_renewal_for_account, account.id, endpoint_id)
+            holds = await pages.db(request, incidents.server_holds, account.id, endpoint_id)
         except ServiceError:
             return pages.render(request, "missing.html", account, status=404, page="servers", what="server")
-        return pages.render(request, "server.html", account, page="servers", server=detail, renewal=renewal)
+        refusal = _take_refusal(service, request, "holds")
+        response = pages.render(
+            request,
+            "server.html",
+            account,
+            page="servers",
+            server=detail,
+            renewal=renewal,
+            holds=holds,
+            hold_error=refusal[0] if refusal else None,
+            hold_typed=refusal[1] if refusal else {},
+        )
+        if refusal:
+            response.delete_cookie(FORM_COOKIE, path="/")
+        return response
 
     @app.get("/certificates/{sha256}", response_class=HTMLResponse, include_in_schema=False)
     async def certificate_page(sha256: str, request: Request) -> Response:
@@ -508,14 +568,22 @@ def install(app: FastAPI, service: Keychest) -> None:
         if account is None:
             return pages.to_signin(request)
         prefs = await pages.db(request, preferences.get, account.id)
+        listed = await pages.db(request, channels.for_account, account.id)
         refusal = _take_refusal(service, request, "settings")
+        said = _take_refusal(service, request, "channels")
         response = pages.render(
             request,
             "settings.html",
             account,
             **_settings_values(prefs, refusal[0] if refusal else None, refusal[1] if refusal else None),
+            channels=listed,
+            event_types=CHANNEL_EVENT_TYPES,
+            channel_said=said[0] if said else None,
+            channel_said_ok=bool(said and said[1].get("ok")),
+            channel_secret=said[1].get("secret") if said else None,
+            channel_typed=said[1] if said else {},
         )
-        if refusal:
+        if refusal or said:
             response.delete_cookie(FORM_COOKIE, path="/")
         return response
 
@@ -566,6 +634,170 @@ def install(app: FastAPI, service: Keychest) -> None:
             return _refused(service, "/settings", "settings", exc.text, typed)
         return _back("/settings", "unsubscribed" if form.get("action") == "unsubscribe" else "saved")
 
+    # --- alert channels (settings) and holds (server page): the service calls REST makes -----
+
+    @app.post("/settings/channels", include_in_schema=False)
+    async def channel_add(request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        form = await pages.form(request)
+        if form is None:
+            return _forbidden()
+        url = form.get("url", "").strip()
+        secret = form.get("secret", "").strip() or None
+        types = tuple((await request.form()).getlist("event_types"))
+        kind = deliver.kind_of(url)
+        typed = {"url": url[:500], "min_severity": form.get("min_severity", ""), "types": ",".join(types)}
+        try:
+            new = channels.NewChannel(kind, url, secret, form.get("min_severity", "warning"), types)
+            # The guard resolves the URL's host: off the event loop, outside any transaction.
+            checked = await run_in_threadpool(
+                channels.check, new, allow_private_targets=service.settings.scan.allow_private_targets
+            )
+            created = await pages.db(request, channels.add_for_account, account.id, checked)
+        except ServiceError as exc:
+            return _refused(service, "/settings#channels", "channels", exc.text, typed)
+        if created.secret is not None and secret is None:
+            # A secret keychest made: shown this once (the signed, short-lived form cookie of
+            # this browser carries it to the page), never again.
+            note = "Channel added. Its signing secret, shown only now: verify webhook-signature with it."
+            return _refused(
+                service, "/settings#channels", "channels", note, {"ok": "1", "secret": created.secret}
+            )
+        return _back("/settings", "channel_added")
+
+    @app.post("/settings/channels/{channel_id}/test", include_in_schema=False)
+    async def channel_test(channel_id: int, request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        if await pages.form(request) is None:
+            return _forbidden()
+        try:
+            target = await pages.db(request, channels.test_target_for_account, account.id, channel_id)
+        except ServiceError as exc:
+            return _refused(service, "/settings#channels", "channels", exc.text, {})
+        outcome = await run_in_threadpool(channels.send_test, service.settings, target, service.clock())
+        if outcome.ok:
+            text = f"Test sent: the receiver accepted it ({outcome.answer})."
+            return _refused(service, "/settings#channels", "channels", text, {"ok": "1"})
+        return _refused(service, "/settings#channels", "channels", f"Test failed: {outcome.answer}", {})
+
+    @app.post("/settings/channels/{channel_id}/remove", include_in_schema=False)
+    async def channel_remove(channel_id: int, request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        form = await pages.form(request)
+        if form is None:
+            return _forbidden()
+        if form.get("confirmed") != "yes":
+            listed = await pages.db(request, channels.for_account, account.id)
+            found = next((c for c in listed if c.id == channel_id), None)
+            if found is None:
+                return pages.render(
+                    request, "missing.html", account, status=404, page="settings", what="channel"
+                )
+            return _confirm(
+                pages,
+                request,
+                account,
+                question=f"Remove the channel {found.label}?",
+                detail="It gets no more alerts; those queued for it are dropped.",
+                button="Remove channel",
+                back="/settings#channels",
+                page="settings",
+            )
+        try:
+            await pages.db(request, channels.remove_for_account, account.id, channel_id)
+        except ServiceError as exc:
+            return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
+        return _back("/settings", "channel_removed")
+
+    @app.post("/servers/{endpoint_id}/snooze", include_in_schema=False)
+    async def server_snooze(endpoint_id: int, request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        form = await pages.form(request)
+        if form is None:
+            return _forbidden()
+        back = f"/servers/{endpoint_id}"
+        try:
+            days = float(form.get("days", ""))
+        except ValueError:
+            return _refused(
+                service,
+                back + "#alerts",
+                "holds",
+                "days must be a number",
+                {"days": form.get("days", "")[:20]},
+            )
+        try:
+            await pages.db(request, incidents.snooze_server, account.id, endpoint_id, days)
+        except ServiceError as exc:
+            return _refused(service, back + "#alerts", "holds", exc.text, {"days": form.get("days", "")[:20]})
+        return _back(back, "snoozed")
+
+    @app.post("/servers/{endpoint_id}/maintenance", include_in_schema=False)
+    async def server_maintenance(endpoint_id: int, request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        form = await pages.form(request)
+        if form is None:
+            return _forbidden()
+        back = f"/servers/{endpoint_id}"
+        typed = {k: form.get(k, "")[:40] for k in ("start", "end")} | {"weekly": form.get("weekly", "")}
+        try:
+            starts_at = _utc_field(form.get("start", ""), "start")
+            ends_at = _utc_field(form.get("end", ""), "end")
+            await pages.db(
+                request,
+                lambda ctx: incidents.maintenance_server(
+                    ctx, account.id, endpoint_id, starts_at, ends_at, weekly=form.get("weekly") == "on"
+                ),
+            )
+        except ServiceError as exc:
+            return _refused(service, back + "#alerts", "holds", exc.text, typed)
+        return _back(back, "window_added")
+
+    @app.post("/servers/{endpoint_id}/holds/{hold_id}/remove", include_in_schema=False)
+    async def server_hold_remove(endpoint_id: int, hold_id: int, request: Request) -> Response:
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        form = await pages.form(request)
+        if form is None:
+            return _forbidden()
+        back = f"/servers/{endpoint_id}"
+        if form.get("confirmed") != "yes":
+            try:
+                holds = await pages.db(request, incidents.server_holds, account.id, endpoint_id)
+            except ServiceError:
+                holds = []
+            found = next((h for h in holds if h.id == hold_id), None)
+            if found is None:
+                return pages.render(
+                    request, "missing.html", account, status=404, page="servers", what="snooze or window"
+                )
+            return _confirm(
+                pages,
+                request,
+                account,
+                question=f"End this {found.kind} of {found.domain}?",
+                detail="Alerts held for this server go out at once if still true.",
+                button="End it",
+                back=back,
+                page="servers",
+            )
+        try:
+            await pages.db(request, incidents.remove_server_hold, account.id, endpoint_id, hold_id)
+        except ServiceError as exc:
+            return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
+        return _back(back, "hold_removed")
+
     @app.post("/signout", include_in_schema=False)
     async def signout(request: Request) -> Response:
         if await pages.form(request) is None:
@@ -577,6 +809,17 @@ def install(app: FastAPI, service: Keychest) -> None:
         response = RedirectResponse("/signin", status_code=303)
         session.sign_out(response)
         return response
+
+
+def _utc_field(text: str, name: str) -> datetime:
+    """A time typed as YYYY-MM-DD HH:MM, in UTC (the database's naive UTC)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise errors.invalid(f"{name} must be a UTC time such as 2026-12-05 22:00") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(zoneinfo.ZoneInfo("UTC")).replace(tzinfo=None)
+    return moment
 
 
 def _settings_values(

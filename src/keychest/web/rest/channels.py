@@ -9,10 +9,6 @@ answer. Only an approved key of a confirmed account has channels.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -20,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from keychest.notify import deliver, payload
+from keychest.notify import deliver
 from keychest.service import channels, errors, incidents
 from keychest.web.rest.inputs import Exchange
 from keychest.web.rest.models import KEY_DOC, KEY_QUERY, body_schema
@@ -62,32 +58,7 @@ def _remove(x: Exchange, channel_id: int) -> dict[str, Any]:
 
 def _test(x: Exchange, channel_id: int) -> dict[str, Any]:
     target = x.call(channels.test_target, x.key(), channel_id)
-    now = x.service.clock()
-    msg_id = f"msg_{uuid.uuid4().hex}"
-    event = payload.test_event(now)
-    body = payload.build(
-        event,
-        msg_id=msg_id,
-        occurred_at=now,
-        now=now,
-        host=event.endpoint,
-        port=443,
-        account=None,
-        dashboard_url=x.service.settings.mail.public_url + "/",
-        ack_url=None,
-    )
-    outcome = asyncio.run(
-        deliver.send(
-            target,
-            body=json.dumps(body, separators=(",", ":")).encode(),
-            title=event.title,
-            message=event.message,
-            msg_id=msg_id,
-            timestamp=int(time.time()),
-            timeout_s=x.service.settings.notify.timeout_s,
-            allow_private_targets=x.service.settings.scan.allow_private_targets,
-        )
-    )
+    outcome = channels.send_test(x.service.settings, target, x.service.clock())
     return {
         "status": "success" if outcome.ok else "failed",
         "delivered": outcome.ok,
