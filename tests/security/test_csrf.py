@@ -30,6 +30,8 @@ def state(env: Env, email: str) -> tuple:
             account[0],
         ),
         rows(env.server, "SELECT * FROM account_preferences WHERE account_id = ?", account[0]),
+        rows(env.server, "SELECT * FROM channels WHERE account_id = ? ORDER BY id", account[0]),
+        rows(env.server, "SELECT * FROM notify_holds ORDER BY id"),
     )
 
 
@@ -63,8 +65,18 @@ def test_every_dashboard_form_needs_this_sessions_token(env: Env) -> None:
         ("/settings", {"action": "unsubscribe", "confirmed": "yes"}),
         ("/signout", {}),
     ]
+    # Issue 12: alert channels (settings) and snooze / maintenance (server page). Ids that do
+    # not exist still need the token first; the ones that act are checked below.
+    alerts = [
+        (f"/servers/{endpoint}/snooze", {"days": "3"}),
+        (f"/servers/{endpoint}/maintenance", {"start": "2030-01-01 22:00", "end": "2030-01-02 02:00"}),
+        ("/settings/channels", {"url": "https://hooks.invalid/x"}),
+        ("/settings/channels/999999/test", {}),
+        ("/settings/channels/999999/remove", {"confirmed": "yes"}),
+        (f"/servers/{endpoint}/holds/999999/remove", {"confirmed": "yes"}),
+    ]
     before = state(env, alice.email)
-    for path, data in forms:
+    for path, data in forms + alerts:
         for label, extra in (
             ("no token", {}),
             ("empty token", {"csrf": ""}),
@@ -93,7 +105,7 @@ def test_every_dashboard_form_needs_this_sessions_token(env: Env) -> None:
         assert state(env, alice.email) == before, path
 
     # The same forms with the right token work (so the refusals above were about the token).
-    for path, data in forms[1:5] + forms[6:]:
+    for path, data in forms[1:5] + forms[6:-1] + alerts[:4] + forms[-1:]:
         answer = alice.session.post(path, data={**data, "csrf": token})
         assert answer.status_code == 303, f"{path}: {answer.status_code} {answer.text[:200]}"
         if path.endswith("/revoke"):
