@@ -4,6 +4,8 @@
                                     [--pg postgresql://postgres@127.0.0.1:5432/test]
                                     [--overview-domains 10000] [--weekly-accounts 10000]
                                     [--rss-seconds 30] [--markdown out.md]
+    .venv/bin/python bench/scale.py --metrics-only [--domains N]
+    .venv/bin/python bench/scale.py --scanners-only [--scan-endpoints 2000] [--db postgresql]
 
 Stages, each on the same database, in this order:
 
@@ -535,6 +537,88 @@ def metrics_run(kind: str, args: argparse.Namespace) -> None:
             )
 
 
+# --- scans per second with 1 and 2 scanners (issue 16) ------------------------------------------
+
+
+def register_loopback(db_url: str, ports: list[int]) -> None:
+    """One unlimited key watching 127.0.0.1:PORT for each port, through the service, in batches."""
+    from keychest.service.facade import Call  # noqa: PLC0415
+
+    settings = Settings(
+        db_url=db_url,
+        data_dir=Path("."),
+        mail_domain="keychest.test",
+        limits=Limits(keys_per_ip_per_hour=0, domains_per_unconfirmed_key=0),
+    )
+    db = Database(db_url)
+    upgrade(db)
+    service = Keychest(db, settings)
+    key = service.call(keys.create).key
+    for start in range(0, len(ports), 1000):
+        calls = [Call(domains.add, (key, f"127.0.0.1:{port}")) for port in ports[start : start + 1000]]
+        bad = [r for r in service.call_batch(calls) if isinstance(r, Exception)]
+        assert not bad, bad[:3]
+    db.dispose()
+
+
+def scanners_figures(
+    db_url: str, workdir: Path, ca_file: Path, count: int, scanners: int
+) -> dict[str, float]:
+    """`keychest serve --role scanner` x ``scanners`` on every endpoint due at once: the rate
+    from the first scan recorded until all ``count`` are (each scanned exactly once)."""
+    extra = ["--allow-private-targets", "--ca-file", str(ca_file), "--scan-interval", "1h"]
+    db = Database(db_url)
+    with contextlib.ExitStack() as stack:
+        for _ in range(scanners):
+            stack.enter_context(Serve(db_url, workdir, "scanner", extra))
+        deadline = time.monotonic() + 600
+        first: float | None = None
+        done = 0
+        while time.monotonic() < deadline:
+            with db.read() as session:
+                done = int(
+                    session.execute(
+                        sa.text("SELECT count(*) FROM endpoints WHERE last_scan_at IS NOT NULL")
+                    ).scalar_one()
+                )
+            now = time.monotonic()
+            if done and first is None:
+                first = now
+            if done >= count:
+                break
+            time.sleep(0.2)
+        finished = time.monotonic()
+    with db.read() as session:
+        states = dict(
+            session.execute(sa.text("SELECT last_state, count(*) FROM endpoints GROUP BY last_state")).all()
+        )
+    db.dispose()
+    assert first is not None and done >= count, f"{done} of {count} scanned"
+    seconds = max(finished - first, 1e-3)
+    return {"scanned": done, "seconds": seconds, "rate": done / seconds, "ok": states.get("ok", 0)}
+
+
+def scanners_run(kind: str, args: argparse.Namespace) -> None:
+    from scan import Endpoints  # noqa: PLC0415  (bench/scan.py: N loopback TLS servers)
+
+    with tempfile.TemporaryDirectory(prefix="keychest-scanners-") as tmp:
+        endpoints = Endpoints(args.scan_endpoints, max(1, (os.cpu_count() or 2) // 2), Path(tmp))
+        try:
+            for scanners in (1, 2):
+                with database(kind, args.pg, Path(tmp), args.keep) as url:
+                    register_loopback(url, endpoints.ports)
+                    figures = scanners_figures(
+                        url, Path(tmp), endpoints.ca_file, len(endpoints.ports), scanners
+                    )
+                print(
+                    f"| {kind} | {len(endpoints.ports):,} | {scanners} | {figures['seconds']:.1f} s "
+                    f"| {figures['rate']:,.0f} | {figures['ok']:,} ok |",
+                    flush=True,
+                )
+        finally:
+            endpoints.stop()
+
+
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -692,8 +776,20 @@ def main() -> int:
         default=200_000,
         help="largest N also scraped with --metrics-per-endpoint all",
     )
+    parser.add_argument(
+        "--scanners-only",
+        action="store_true",
+        help="only scans per second with 1 and 2 `--role scanner` processes on loopback TLS servers",
+    )
+    parser.add_argument("--scan-endpoints", type=int, default=2000, help="TLS servers for --scanners-only")
     args = parser.parse_args()
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    if args.scanners_only:
+        print("| db | endpoints | scanners | all scanned in | scans/s | result |")
+        print("| --- | ---: | ---: | ---: | ---: | --- |")
+        for kind in kinds:
+            scanners_run(kind, args)
+        return 0
     if args.metrics_only:
         print("| db | endpoints | mode | /metrics body | GET /metrics |\n| --- | ---: | --- | ---: | ---: |")
         for kind in kinds:
