@@ -605,10 +605,12 @@ def scanners_run(kind: str, args: argparse.Namespace) -> None:
         endpoints = Endpoints(args.scan_endpoints, max(1, (os.cpu_count() or 2) // 2), Path(tmp))
         try:
             for scanners in (1, 2):
-                with database(kind, args.pg, Path(tmp), args.keep) as url:
+                run_dir = Path(tmp) / f"scanners{scanners}"  # a fresh SQLite file per run
+                run_dir.mkdir()
+                with database(kind, args.pg, run_dir, args.keep) as url:
                     register_loopback(url, endpoints.ports)
                     figures = scanners_figures(
-                        url, Path(tmp), endpoints.ca_file, len(endpoints.ports), scanners
+                        url, run_dir, endpoints.ca_file, len(endpoints.ports), scanners
                     )
                 print(
                     f"| {kind} | {len(endpoints.ports):,} | {scanners} | {figures['seconds']:.1f} s "
