@@ -565,7 +565,7 @@ def scanners_figures(
     db_url: str, workdir: Path, ca_file: Path, count: int, scanners: int
 ) -> dict[str, float]:
     """`keychest serve --role scanner` x ``scanners`` on every endpoint due at once: the rate
-    from the first scan recorded until all ``count`` are (each scanned exactly once)."""
+    from the first scan recorded until all ``count`` have one."""
     extra = ["--allow-private-targets", "--ca-file", str(ca_file), "--scan-interval", "1h"]
     db = Database(db_url)
     with contextlib.ExitStack() as stack:
