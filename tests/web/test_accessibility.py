@@ -3,18 +3,21 @@ widths, in Debian's Chromium, checked by axe-core (vendored in tests/web/vendor,
 fetched): no serious or critical violation; at 390 px no page wider than the screen and the
 navigation reachable. Then the script-free path: a destructive form asks on a page of its own.
 
-The acknowledge pages of alerts (issue 17 item 1) do not exist yet; add them to PAGES when
-they do.
+The acknowledge pages of alerts (issue 12, reached from a real webhook's ack_url) are
+checked as well.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.notify.receiver import Receiver, receiver
 from tests.web.conftest import SITES, WebEnv
 from tests.web.test_dashboard_browser import ARGS, ARTIFACTS, CHROMIUM, pytestmark  # noqa: F401  (same skips)
 
@@ -71,6 +74,19 @@ def check(page: Any, what: str, failures: list[str], *, nav: bool = True) -> Non
                 failures.append(f"{what} @{width}: navigation link {href} not reachable")
 
 
+def ack_event(hook: Receiver, timeout: float = 60) -> dict[str, Any]:
+    """The first notification the receiver got that carries an ack_url."""
+    deadline = time.monotonic() + timeout
+    count = 1
+    while True:
+        got = hook.wait_for(count, timeout=max(0.1, deadline - time.monotonic()))
+        for request in got:
+            body = json.loads(request.body)
+            if body.get("ack_url"):
+                return dict(body)
+        count = len(got) + 1
+
+
 def test_every_page_at_desktop_and_phone_width(web_env: WebEnv, chromium: Any) -> None:
     key = web_env.new_key(EMAIL)
     with web_env.client() as client:
@@ -116,6 +132,36 @@ def test_every_page_at_desktop_and_phone_width(web_env: WebEnv, chromium: Any) -
     for path in ("/", "/servers", str(server), str(certificate), "/keys", "/settings", "/no-such-page"):
         page.goto(web_env.url + path)
         check(page, path, failures, nav=path != "/no-such-page")
+    # Issue 12: the settings with a channel, a server page with a snooze, and an alert's
+    # acknowledge page reached from the ack_url a real webhook receiver got.
+    with receiver() as hook:
+        page.goto(web_env.url + "/settings")
+        page.fill("#channel_url", hook.url + "/in")
+        page.click("#channels form.settings button.primary")
+        page.wait_for_selector("#channel-secret")
+        check(page, "settings with a channel", failures)
+        # A server whose certificate does not name it (an IP address): a certificate.invalid
+        # incident, whose alert carries an ack_url.
+        wrong_name = "127.0.0.1:" + web_env.domain("www.alpha.test").rsplit(":", 1)[1]
+        with web_env.client() as client:
+            added = client.post("/api/v1.0/servers/add", json={"api_key": key, "domain": wrong_name})
+            assert added.status_code == 200, added.text
+        event = ack_event(hook)
+        page.goto(web_env.url + "/servers?q=old.alpha")
+        expired = str(page.locator("#servers tbody a").first.get_attribute("href"))
+        page.goto(web_env.url + expired)
+        page.fill("#snooze_days", "2")
+        page.click("#alerts form[action$='/snooze'] button")
+        page.wait_for_selector("#alerts tbody tr")
+        check(page, "server with a snooze", failures)
+    assert event["ack_url"].startswith(web_env.url + "/ack/"), event
+    page.goto(event["ack_url"])
+    check(page, "acknowledge page", failures, nav=False)
+    page.click("button[type=submit]")
+    page.wait_for_selector("text=Acknowledged")
+    check(page, "acknowledged", failures, nav=False)
+    page.goto(event["ack_url"])
+    check(page, "used acknowledge link", failures, nav=False)
     page.goto(web_env.url + "/")
     page.click("details.numbers summary")
     check(page, "overview with the calendar's numbers", failures)
