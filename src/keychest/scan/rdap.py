@@ -15,7 +15,6 @@ The pure parts (`registrable_domain`, `rdap_base_urls`, `expiration_of`, `proble
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from urllib.parse import urljoin
 
 from keychest.scan.fetch import Fetcher, FetchError
 from keychest.scan.judge import Problem, Severity, days_left
-from keychest.scan.targets import is_ip_literal
+from keychest.scan.suffixes import registrable_domain
 
 IANA_BOOTSTRAP = "https://data.iana.org/rdap/dns.json"
 CACHE_FOR = timedelta(days=1)
@@ -33,22 +32,6 @@ MAX_REDIRECTS = 3
 MAX_BYTES = 512 * 1024
 WARN_DAYS = 30
 CRIT_DAYS = 7
-
-
-@functools.lru_cache(maxsize=1)
-def _suffix_list() -> Any:
-    from publicsuffixlist import PublicSuffixList
-
-    return PublicSuffixList(only_icann=True)
-
-
-@functools.lru_cache(maxsize=65536)
-def registrable_domain(host: str) -> str | None:
-    """`www.example.co.uk` -> `example.co.uk`; None for an address or a public suffix itself."""
-    if is_ip_literal(host):
-        return None
-    found = _suffix_list().privatesuffix(host.rstrip(".").lower())
-    return found if isinstance(found, str) else None
 
 
 def rdap_base_urls(bootstrap: Mapping[str, Any], domain: str) -> list[str]:

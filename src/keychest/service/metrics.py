@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, func, or_, select, text
 
 from keychest.scan.judge import State
+from keychest.scan.suffixes import registrable_domain
 from keychest.service.context import Ctx
 from keychest.service.scans import database_now
 from keychest.states import MailState
@@ -72,6 +73,30 @@ def address_metrics(ctx: Ctx, *, everything: bool = True) -> list[AddressMetric]
         )
         for row in rows
     ]
+
+
+def registration_expiries(ctx: Ctx, *, everything: bool = True) -> dict[str, datetime]:
+    """Registrable domain -> its registration expiry (RDAP) as the last scans saw it.
+
+    Unless ``everything``, only the domains within the warning threshold (--warn-days), as
+    for the per-address gauges: one series per domain, and only those worth looking at.
+    """
+    query = (
+        select(Endpoint.host, Endpoint.registration_expires)
+        .where(Endpoint.registration_expires.is_not(None))
+        .distinct()
+    )
+    if not everything:
+        soon = ctx.now + timedelta(days=ctx.settings.scan.warn_days)
+        query = query.where(Endpoint.registration_expires <= soon)
+    found: dict[str, datetime] = {}
+    for host, expires in ctx.session.execute(query):
+        domain = registrable_domain(host)
+        if expires is None or domain is None:  # filtered out by the query; for the types
+            continue
+        if domain not in found or expires < found[domain]:
+            found[domain] = expires
+    return dict(sorted(found.items()))
 
 
 # Upper bounds (days left) of the certificate buckets; the last bucket is "more".

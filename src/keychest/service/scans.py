@@ -303,6 +303,10 @@ def record(
     endpoint.last_scan_at = now
     endpoint.last_state = worst
     endpoint.failures = failures
+    # One lookup per registrable domain: every address carries the same answer.
+    registered = [r.registration_expires for r in results if r.registration_expires is not None]
+    if registered or not failed:  # a failed scan says nothing about the registration
+        endpoint.registration_expires = _naive(registered[0]) if registered else None
     return Recorded(endpoint_id, worst, tuple(changes))
 
 

@@ -106,6 +106,8 @@ class Endpoint(Base):
     # A scanner's claim on this endpoint; another may take it over once lease_until passed.
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    # The registrable domain's registration expiry (RDAP) at the last scan; NULL: unknown.
+    registration_expires: Mapped[datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (
         UniqueConstraint("host", "port", name="uq_endpoints_host_port"),

@@ -36,7 +36,13 @@ from keychest.service import liveness
 from keychest.service.errors import StorageUnavailable
 from keychest.service.facade import Keychest
 from keychest.service.heartbeats import heartbeats
-from keychest.service.metrics import address_metrics, database_ok, metric_aggregates, outbox_depth
+from keychest.service.metrics import (
+    address_metrics,
+    database_ok,
+    metric_aggregates,
+    outbox_depth,
+    registration_expiries,
+)
 
 if TYPE_CHECKING:
     from keychest.scan.model import AddressResult
@@ -175,6 +181,14 @@ class ScanResultsCollector(Collector):
             if row.hostname_ok is not None:
                 hostname.add_metric(labels, 1.0 if row.hostname_ok else 0.0)
         yield from (not_after, days_left, success, trusted, hostname, duration, last_scan)
+        registration = GaugeMetricFamily(
+            "keychest_domain_registration_expiry_timestamp_seconds",
+            "The registrable domain's registration expiry (RDAP), as a Unix timestamp.",
+            labels=["domain"],
+        )
+        for domain, expires in self.service.read(registration_expiries, everything=everything).items():
+            registration.add_metric([domain], _epoch(expires))
+        yield registration
 
     def _aggregates(self) -> Iterator[GaugeMetricFamily]:
         found = self.service.read(metric_aggregates)

@@ -5,6 +5,9 @@ Revises: 0012
 Create Date: 2026-12-01 17:18:00
 """
 
+import sqlalchemy as sa
+from alembic import op
+
 revision = "0013"
 down_revision = "0012"
 branch_labels = None
@@ -12,8 +15,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.add_column("endpoints", sa.Column("registration_expires", sa.DateTime(), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    op.drop_column("endpoints", "registration_expires")

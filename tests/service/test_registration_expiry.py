@@ -1,0 +1,104 @@
+"""RDAP registration expiry kept with the endpoint (issue 14 item 7) and shown on /metrics:
+a real scan against a real TLS server and the local RDAP server of tests/scan/test_rdap.py."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keychest.config import Settings
+from keychest.scan.model import AddressResult, ScanOptions
+from keychest.scan.runner import Scanner
+from keychest.scan.targets import parse_endpoint, parse_resolve
+from keychest.service import domains, keys, scans
+from keychest.service.facade import Keychest
+from keychest.service.metrics import registration_expiries
+from keychest.store.db import Database, upgrade
+from keychest.store.models import Endpoint as EndpointRow
+from keychest.web.metrics import ScanResultsCollector
+from tests.scan.certs import CertFactory
+from tests.scan.test_rdap import NOW, RdapServer
+from tests.scan.tls_servers import TestServers
+
+
+@pytest.fixture(scope="module")
+def rdap_server() -> Iterator[RdapServer]:
+    server = RdapServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[TestServers]:
+    with TestServers() as running:
+        yield running
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> CertFactory:
+    return CertFactory(tmp_path)
+
+
+@pytest.fixture
+def svc(db_url: str) -> Iterator[Keychest]:
+    db = Database(db_url)
+    upgrade(db)
+    service = Keychest(db, Settings(db_url, Path("."), "keychest.test"), lambda: NOW.replace(tzinfo=None))
+    yield service
+    db.dispose()
+
+
+def _scan(
+    names: list[str], port: int, certs: CertFactory, rdap_server: RdapServer
+) -> list[list[AddressResult]]:
+    options = ScanOptions(
+        timeout=5,
+        ca_file=str(certs.ca_file),
+        allow_private_targets=True,
+        old_protocols=False,
+        revocation=False,
+        rdap=True,
+        rdap_bootstrap=f"{rdap_server.base}/bootstrap.json",
+        resolve=tuple(parse_resolve(f"{name}:{port}:127.0.0.1") for name in names),
+    )
+    endpoints = [parse_endpoint(f"{name}:{port}") for name in names]
+    return asyncio.run(Scanner(options).scan_grouped(endpoints))
+
+
+def test_registration_expiry_stored_and_on_metrics(
+    svc: Keychest, rdap_server: RdapServer, servers: TestServers, certs: CertFactory
+) -> None:
+    names = ["www.example.test", "mail.example.test", "www.moved.test"]
+    cert = certs.valid(*names)
+    port = servers.tls(cert.chain_pem, cert.key_pem, hosts=["127.0.0.1"])
+    key = svc.call(keys.create).key
+    ids = [svc.call(domains.add, key, f"{name}:{port}").endpoint_id for name in names]
+    for endpoint_id, results in zip(ids, _scan(names, port, certs, rdap_server), strict=True):
+        svc.call(scans.record, endpoint_id, results, interval_s=3600)
+
+    def stored(ctx):  # type: ignore[no-untyped-def]
+        return {
+            ctx.session.get(EndpointRow, i).host: ctx.session.get(EndpointRow, i).registration_expires
+            for i in ids
+        }
+
+    soon = (NOW + dt.timedelta(days=20, hours=12)).replace(tzinfo=None, microsecond=0)
+    later = (NOW + dt.timedelta(days=400)).replace(tzinfo=None, microsecond=0)
+    assert svc.read(stored) == {"www.example.test": soon, "mail.example.test": soon, "www.moved.test": later}
+    # One series per registrable domain; by default only those within --warn-days.
+    assert svc.read(registration_expiries) == {"example.test": soon, "moved.test": later}
+    assert svc.read(registration_expiries, everything=False) == {"example.test": soon}
+    gauges = {
+        tuple(sample.labels.values()): sample.value
+        for family in ScanResultsCollector(svc).collect()
+        if family.name == "keychest_domain_registration_expiry_timestamp_seconds"
+        for sample in family.samples
+    }
+    assert gauges == {("example.test",): soon.replace(tzinfo=dt.UTC).timestamp()}
+    # The problem is on the stored address state, where the alert pass reads problems.
+    views = svc.read(scans.address_views, ids[0])
+    assert [p.code for view in views for p in view.problems] == ["domain_expires_soon"]
