@@ -14,7 +14,7 @@ from keychest.config import Settings
 from keychest.scan.model import AddressResult, ScanOptions
 from keychest.scan.runner import Scanner
 from keychest.scan.targets import parse_endpoint, parse_resolve
-from keychest.service import domains, keys, scans
+from keychest.service import accounts, domains, keys, overview, scans
 from keychest.service.facade import Keychest
 from keychest.service.metrics import registration_expiries
 from keychest.store.db import Database, upgrade
@@ -75,7 +75,8 @@ def test_registration_expiry_stored_and_on_metrics(
     names = ["www.example.test", "mail.example.test", "www.moved.test"]
     cert = certs.valid(*names)
     port = servers.tls(cert.chain_pem, cert.key_pem, hosts=["127.0.0.1"])
-    key = svc.call(keys.create).key
+    issued = svc.call(keys.create)
+    key = issued.key
     ids = [svc.call(domains.add, key, f"{name}:{port}").endpoint_id for name in names]
     for endpoint_id, results in zip(ids, _scan(names, port, certs, rdap_server), strict=True):
         svc.call(scans.record, endpoint_id, results, interval_s=3600)
@@ -99,6 +100,10 @@ def test_registration_expiry_stored_and_on_metrics(
         for sample in family.samples
     }
     assert gauges == {("example.test",): soon.replace(tzinfo=dt.UTC).timestamp()}
+    # The dashboard's server page reads it from the server's detail.
+    claimed = svc.call(accounts.claim, key, "ops@example.org")
+    svc.call(accounts.confirm, claimed.account_id, claimed.api_key_id)
+    assert svc.read(overview.server_detail, claimed.account_id, ids[0]).registration_expires == soon
     # The problem is on the stored address state, where the alert pass reads problems.
     views = svc.read(scans.address_views, ids[0])
     assert [p.code for view in views for p in view.problems] == ["domain_expires_soon"]

@@ -463,6 +463,8 @@ class ServerDetail:
     next_scan_at: datetime | None
     addresses: list[AddressDetail]
     history: list[ChangeLine]
+    # The registrable domain's registration expiry (RDAP) at the last scan; None: unknown.
+    registration_expires: datetime | None = None
 
 
 def server_detail(ctx: Ctx, account_id: int, endpoint_id: int) -> ServerDetail:
@@ -519,6 +521,7 @@ def server_detail(ctx: Ctx, account_id: int, endpoint_id: int) -> ServerDetail:
         endpoint.next_scan_at,
         addresses,
         history,
+        registration_expires=endpoint.registration_expires,
     )
 
 
