@@ -10,16 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from keychest.config import Settings
+from keychest.config import NotifySettings, Settings
+from keychest.notify import signing
 from keychest.scan.model import AddressResult, ScanOptions
 from keychest.scan.runner import Scanner
 from keychest.scan.targets import parse_endpoint, parse_resolve
-from keychest.service import accounts, domains, keys, overview, scans
+from keychest.service import accounts, domains, incidents, keys, overview, scans
 from keychest.service.facade import Keychest
 from keychest.service.metrics import registration_expiries
 from keychest.store.db import Database, upgrade
 from keychest.store.models import Endpoint as EndpointRow
 from keychest.web.metrics import ScanResultsCollector
+from tests.notify.receiver import receiver
+from tests.notify.test_channels import drain, make_service, verified
 from tests.scan.certs import CertFactory
 from tests.scan.test_rdap import NOW, RdapServer
 from tests.scan.tls_servers import TestServers
@@ -107,3 +110,25 @@ def test_registration_expiry_stored_and_on_metrics(
     # The problem is on the stored address state, where the alert pass reads problems.
     views = svc.read(scans.address_views, ids[0])
     assert [p.code for view in views for p in view.problems] == ["domain_expires_soon"]
+
+
+def test_domain_expiry_reaches_the_channels_as_an_incident(
+    db_url: str, rdap_server: RdapServer, servers: TestServers, certs: CertFactory
+) -> None:
+    """domain_expires_soon goes through the alert pass like any other problem (an incident on
+    the channels), from a real scan's record."""
+    secret = signing.new_secret()
+    with receiver() as hook:
+        svc = make_service(db_url, NotifySettings(webhook_urls=(hook.url,), webhook_secret=secret))
+        name = "www.example.test"
+        cert = certs.valid(name)
+        port = servers.tls(cert.chain_pem, cert.key_pem, hosts=["127.0.0.1"])
+        key = svc.call(keys.create).key
+        endpoint_id = svc.call(domains.add, key, f"{name}:{port}").endpoint_id
+        [results] = _scan([name], port, certs, rdap_server)
+        svc.call(scans.record, endpoint_id, results, interval_s=3600)
+        assert svc.call(incidents.run_pass).queued == 1
+        drain(svc)
+        [payload] = verified(hook, secret, 1)
+    assert payload["type"] == "certificate.invalid"
+    assert payload["problems"] == ["domain_expires_soon"] and payload["severity"] == "warning"
