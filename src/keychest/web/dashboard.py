@@ -646,7 +646,7 @@ def install(app: FastAPI, service: Keychest) -> None:
             return _forbidden()
         url = form.get("url", "").strip()
         secret = form.get("secret", "").strip() or None
-        types = tuple((await request.form()).getlist("event_types"))
+        types = tuple(t for t in (await request.form()).getlist("event_types") if isinstance(t, str))
         kind = deliver.kind_of(url)
         typed = {"url": url[:500], "min_severity": form.get("min_severity", ""), "types": ",".join(types)}
         try:
