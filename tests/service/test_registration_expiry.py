@@ -9,17 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from keychest.config import NotifySettings, Settings
 from keychest.notify import signing
 from keychest.scan.model import AddressResult, ScanOptions
 from keychest.scan.runner import Scanner
 from keychest.scan.targets import parse_endpoint, parse_resolve
-from keychest.service import accounts, domains, incidents, keys, overview, scans
+from keychest.service import accounts, alerting, domains, incidents, keys, overview, scans
 from keychest.service.facade import Keychest
 from keychest.service.metrics import registration_expiries
 from keychest.store.db import Database, upgrade
 from keychest.store.models import Endpoint as EndpointRow
+from keychest.store.models import OutboxMail
 from keychest.web.metrics import ScanResultsCollector
 from tests.notify.receiver import receiver
 from tests.notify.test_channels import drain, make_service, verified
@@ -107,6 +109,13 @@ def test_registration_expiry_stored_and_on_metrics(
     claimed = svc.call(accounts.claim, key, "ops@example.org")
     svc.call(accounts.confirm, claimed.account_id, claimed.api_key_id)
     assert svc.read(overview.server_detail, claimed.account_id, ids[0]).registration_expires == soon
+    # And the account's mail alert names it (the alert pass treats it as any other problem).
+    assert svc.call(alerting.run_pass).mails == 1
+    [mail] = svc.read(
+        lambda ctx: list(ctx.session.scalars(select(OutboxMail).where(OutboxMail.kind == "alerts")))
+    )
+    found = {(a["kind"], a["key"].rsplit(":", 1)[-1]) for a in mail.payload["alerts"]}
+    assert found == {("invalid", "domain_expires_soon")}, mail.payload
     # The problem is on the stored address state, where the alert pass reads problems.
     views = svc.read(scans.address_views, ids[0])
     assert [p.code for view in views for p in view.problems] == ["domain_expires_soon"]
