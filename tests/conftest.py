@@ -51,3 +51,17 @@ def server_factory(tmp_path: Path) -> Iterator[object]:
     yield make
     for server in started:
         server.stop()
+
+
+TESTS_DIR = Path(__file__).parent
+# The quick run (-m "not slow", for iterating; CI runs everything) leaves out what starts
+# processes of its own for each test: the reliability runs, the CLI and hook modules (each test
+# runs keychest or bash against a server of its own) and every test of a per-test live server.
+_SLOW_PATHS = ("reliability/", "cli/", "hook/test_hook_logic.py", "notify/test_notify_cli.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        relative = item.path.relative_to(TESTS_DIR).as_posix()
+        if relative.startswith(_SLOW_PATHS) or "live_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
