@@ -71,6 +71,11 @@ def test_scanner_and_mailer_serve_health_and_heartbeats(
                 depth = {s.labels["state"]: s.value for s in samples(text, "keychest_outbox_rows")}
                 assert depth == {"queued": 1, "sending": 0, "failed": 0}
                 assert samples(text, "keychest_outbox_oldest_queued_seconds")[0].value > 0
+                sends = {
+                    (s.labels["channel"], s.labels["state"]): s.value
+                    for s in samples(text, "keychest_outbox_messages")
+                }
+                assert sends == {("mail", "queued"): 1}
         assert f"{scanner_port}" in scanner.log() and "/healthz and /metrics" in scanner.log()
         assert "/healthz" not in quiet.log()
 

@@ -147,6 +147,8 @@ def metric_aggregates(ctx: Ctx) -> MetricAggregates:
 class OutboxDepth:
     by_state: dict[str, int]  # queued, sending, failed (sent and skipped are history)
     oldest_queued_age_s: float | None  # None: nothing waiting
+    # (channel, state) -> rows, every state: "mail" or "channel <id>"; --retention bounds it
+    by_channel: dict[tuple[str, str], int]
 
 
 def outbox_depth(ctx: Ctx) -> OutboxDepth:
@@ -161,7 +163,15 @@ def outbox_depth(ctx: Ctx) -> OutboxDepth:
         select(func.min(OutboxMail.created_at)).where(OutboxMail.state == MailState.QUEUED)
     )
     age = None if oldest is None else max(0.0, (database_now(ctx) - oldest).total_seconds())
-    return OutboxDepth(by_state, age)
+    by_channel: dict[tuple[str, str], int] = {}
+    for channel_id, state, count in ctx.session.execute(
+        select(OutboxMail.channel_id, OutboxMail.state, func.count()).group_by(
+            OutboxMail.channel_id, OutboxMail.state
+        )
+    ):
+        channel = "mail" if channel_id is None else f"channel {channel_id}"
+        by_channel[(channel, str(state))] = int(count)
+    return OutboxDepth(by_state, age, by_channel)
 
 
 def database_ok(ctx: Ctx) -> bool:

@@ -272,7 +272,15 @@ class OutboxCollector(Collector):
             "Age of the oldest queued outbox row (0 when none waits).",
         )
         oldest.add_metric([], found.oldest_queued_age_s or 0.0)
-        yield from (depth, oldest)
+        sends = GaugeMetricFamily(
+            "keychest_outbox_messages",
+            "Outbox rows by channel (mail, or an alert channel's id) and result "
+            "(queued, sending, sent, failed, skipped), as kept by --retention.",
+            labels=["channel", "state"],
+        )
+        for (channel, state), count in sorted(found.by_channel.items()):
+            sends.add_metric([channel, state], float(count))
+        yield from (depth, oldest, sends)
 
 
 class LivenessCollector(Collector):
