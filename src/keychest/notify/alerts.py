@@ -21,10 +21,16 @@ Rules (docs/mail.md):
 - down: an address failing for longer than the grace period, once per outage.
 - issuer changed: a new certificate from another CA (organisation; Let's Encrypt rotating
   its intermediates R10/R11 is not news), in the last 7 days.
+- valid / recovered: an address that was mailed an ``invalid`` / ``down`` alert and now
+  serves a certificate with no such problem / answers again, once per incident (keyed
+  ``valid:<the invalid key>`` / ``recovered:<the down key>``). An incident replaced by a newer
+  one on the same address (worse, other codes, a new outage) clears with that one: one mail.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +44,10 @@ ACME_MAX_LIFETIME = timedelta(days=100)
 ISSUER_CHANGE_WINDOW = timedelta(days=7)
 # Problem codes with alerts of their own (expiry, stale deployment); any other is "invalid".
 OWN_ALERTS = frozenset({"expired", "expires_soon", "stale_deployment"})
+# What follows ``invalid:{endpoint}:{ip}:`` / ``down:{endpoint}:{ip}:`` in a sent key. Matched
+# on the rest rather than split on ":", since an IPv6 address holds colons itself.
+_INVALID_REST = re.compile(r"\d+:(warning|critical):[^:]*")
+_DOWN_REST = re.compile(r"\d{4}-\d\d-\d\dT.*")
 
 
 @dataclass(frozen=True)
@@ -53,13 +63,17 @@ class Policy:
 @dataclass(frozen=True)
 class Alert:
     key: str
-    kind: str  # expiry, expired, renewal_overdue, stale_deployment, invalid, down, issuer_changed
-    severity: str  # warning, critical
+    # expiry, expired, renewal_overdue, stale_deployment, invalid, down, issuer_changed, valid,
+    # recovered
+    kind: str
+    severity: str  # warning, critical; "ok" for the clearing kinds (valid, recovered)
     title: str  # one line, for the subject and the list
     detail: str  # one or two sentences: what we saw and what to do
     endpoints: tuple[str, ...] = field(default=())
     # What happened, after the host name, for a subject: "expires in 4 days", "unreachable".
     headline: str = ""
+    # More keys marked sent with this one: the older incidents of the address it clears.
+    covers: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -104,6 +118,26 @@ def _scanner_severity(cert: CertInfo, now: datetime, policy: Policy) -> str:
 
 def _names(endpoints: Iterable[EndpointFacts]) -> tuple[str, ...]:
     return tuple(sorted({e.name for e in endpoints}))
+
+
+KEY_MAX = 200  # alerts_sent.alert_key
+
+
+def clearing_key(cleared: str, key: str) -> str:
+    """``valid:<key>`` / ``recovered:<key>``, hashed when that would not fit the column."""
+    full = f"{cleared}:{key}"
+    return full if len(full) <= KEY_MAX else f"{cleared}:#{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _open_incidents(sent: frozenset[str], prefix: str, rest: re.Pattern[str], cleared: str) -> list[str]:
+    """The sent keys of one address's incidents with no clearing key sent yet."""
+    return sorted(
+        key
+        for key in sent
+        if key.startswith(prefix)
+        and rest.fullmatch(key[len(prefix) :])
+        and clearing_key(cleared, key) not in sent
+    )
 
 
 def decide(
@@ -217,6 +251,38 @@ def decide(
                             f"certificate problem: {', '.join(invalid)}",
                         )
                     )
+            open_invalid = _open_incidents(
+                sent, f"invalid:{endpoint.id}:{address.ip}:", _INVALID_REST, "valid"
+            )
+            if open_invalid and served is not None and address.error_kind is None and not invalid:
+                alerts.append(
+                    Alert(
+                        clearing_key("valid", open_invalid[-1]),
+                        "valid",
+                        "ok",
+                        f"Certificate valid again at {address.ip or endpoint.name}: {endpoint.name}",
+                        f"{endpoint.name} at {address.ip} now serves a certificate from {served.issuer} "
+                        "without the problems we mailed about. Nothing to do.",
+                        (endpoint.name,),
+                        "certificate valid again",
+                        tuple(clearing_key("valid", k) for k in open_invalid[:-1]),
+                    )
+                )
+            open_down = _open_incidents(sent, f"down:{endpoint.id}:{address.ip}:", _DOWN_REST, "recovered")
+            if open_down and address.error_kind is None:
+                at = f" at {address.ip}" if address.ip else ""
+                alerts.append(
+                    Alert(
+                        clearing_key("recovered", open_down[-1]),
+                        "recovered",
+                        "ok",
+                        f"Reachable again{at}: {endpoint.name}",
+                        f"{endpoint.name}{at} answers scans again after the outage we mailed about.",
+                        (endpoint.name,),
+                        f"reachable again{at}",
+                        tuple(clearing_key("recovered", k) for k in open_down[:-1]),
+                    )
+                )
             if address.error_kind is not None and address.error_since is not None:
                 if now - address.error_since < policy.down_grace:
                     continue
@@ -260,7 +326,8 @@ def decide(
             )
         )
 
-    alerts.sort(key=lambda a: (a.severity != "critical", a.kind, a.title))
+    # Critical first, clearing news last.
+    alerts.sort(key=lambda a: (a.severity != "critical", a.severity == "ok", a.kind, a.title))
     return alerts
 
 
@@ -277,6 +344,8 @@ def subject(alerts: Sequence[Alert]) -> str:
         alert = alerts[0]
         return f"keychest: {_host(alert)} {alert.headline or alert.title}"
     critical = sum(1 for a in alerts if a.severity == "critical")
+    if all(a.severity == "ok" for a in alerts):
+        return f"keychest: {len(alerts)} problems cleared, first {_host(alerts[0])}"
     head = f"keychest: {len(alerts)} certificate alerts"
     if critical:
         head += f" ({critical} critical)"

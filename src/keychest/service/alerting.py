@@ -204,7 +204,8 @@ def run_pass(ctx: Ctx) -> PassResult:
         )
         if not found:
             continue
-        if not record_sent(ctx, account.id, [(a.key, a.kind) for a in found]):
+        keys = [(key, a.kind) for a in found for key in (a.key, *a.covers)]
+        if not record_sent(ctx, account.id, keys):
             continue
         outbox.enqueue(
             ctx,
