@@ -278,6 +278,17 @@ def _forbidden() -> Response:
     )
 
 
+def _failed(exc: ServiceError) -> HTMLResponse:
+    """A service refusal of a form that has no page to go back to with its message."""
+    return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
+
+
+def _missing(
+    pages: Pages, request: Request, account: overview.AccountInfo, page: str, what: str
+) -> HTMLResponse:
+    return pages.render(request, "missing.html", account, status=404, page=page, what=what)
+
+
 def _confirm(
     pages: Pages,
     request: Request,
@@ -347,6 +358,13 @@ def _take_refusal(service: Keychest, request: Request, form: str) -> tuple[str, 
     return str(data.get("error", "")), typed
 
 
+def _shown(response: HTMLResponse, *refusals: object) -> HTMLResponse:
+    """The page, which has now shown the refusals redirected to it: their cookie goes."""
+    if any(refusals):
+        response.delete_cookie(FORM_COOKIE, path="/")
+    return response
+
+
 def _back(path: str, done: str) -> RedirectResponse:
     return RedirectResponse(f"{path}{'&' if '?' in path else '?'}done={done}", status_code=303)
 
@@ -364,6 +382,17 @@ def install(app: FastAPI, service: Keychest) -> None:
             return await pages.db(request, overview.account, account_id)
         except ServiceError:
             return None  # deleted or blocked since the cookie was made
+
+    async def account_and_form(request: Request) -> tuple[overview.AccountInfo, dict[str, str]] | Response:
+        """A form post's prologue: the signed-in account and its CSRF-checked form, or the
+        answer to send instead (to the sign-in page, or the expired-form page)."""
+        account = await account_or_none(request)
+        if account is None:
+            return pages.to_signin(request)
+        form = await pages.form(request)
+        if form is None:
+            return _forbidden()
+        return account, form
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home(request: Request) -> Response:
@@ -402,27 +431,25 @@ def install(app: FastAPI, service: Keychest) -> None:
             ),
         )
         refusal = _take_refusal(service, request, "add")
-        response = pages.render(
-            request,
-            "servers.html",
-            account,
-            page="servers",
-            listing=listing,
-            error=refusal[0] if refusal else None,
-            typed=refusal[1].get("domain", "") if refusal else "",
+        return _shown(
+            pages.render(
+                request,
+                "servers.html",
+                account,
+                page="servers",
+                listing=listing,
+                error=refusal[0] if refusal else None,
+                typed=refusal[1].get("domain", "") if refusal else "",
+            ),
+            refusal,
         )
-        if refusal:
-            response.delete_cookie(FORM_COOKIE, path="/")
-        return response
 
     @app.post("/servers/add", include_in_schema=False)
     async def servers_add(request: Request) -> Response:
-        account = await account_or_none(request)
-        if account is None:
-            return pages.to_signin(request)
-        form = await pages.form(request)
-        if form is None:
-            return _forbidden()
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account, form = got
         try:
             outcome = await pages.db(request, endpoints.add_for_account, account.id, form.get("domain", ""))
         except ServiceError as exc:
@@ -431,19 +458,15 @@ def install(app: FastAPI, service: Keychest) -> None:
 
     @app.post("/servers/{endpoint_id}/remove", include_in_schema=False)
     async def servers_remove(endpoint_id: int, request: Request) -> Response:
-        account = await account_or_none(request)
-        if account is None:
-            return pages.to_signin(request)
-        form = await pages.form(request)
-        if form is None:
-            return _forbidden()
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account, form = got
         if form.get("confirmed") != "yes":
             try:
                 detail = await pages.db(request, overview.server_detail, account.id, endpoint_id)
             except ServiceError:
-                return pages.render(
-                    request, "missing.html", account, status=404, page="servers", what="server"
-                )
+                return _missing(pages, request, account, "servers", "server")
             return _confirm(
                 pages,
                 request,
@@ -457,20 +480,19 @@ def install(app: FastAPI, service: Keychest) -> None:
         try:
             await pages.db(request, endpoints.remove_for_account, account.id, endpoint_id)
         except ServiceError as exc:
-            return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
+            return _failed(exc)
         return _back("/servers", "removed")
 
     @app.post("/servers/{endpoint_id}/rescan", include_in_schema=False)
     async def servers_rescan(endpoint_id: int, request: Request) -> Response:
-        account = await account_or_none(request)
-        if account is None:
-            return pages.to_signin(request)
-        if await pages.form(request) is None:
-            return _forbidden()
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account = got[0]
         try:
             await pages.db(request, rescan_for_account, account.id, endpoint_id)
         except ServiceError as exc:
-            return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
+            return _failed(exc)
         return _back(f"/servers/{endpoint_id}", "rescan")
 
     @app.get("/servers/{endpoint_id}", response_class=HTMLResponse, include_in_schema=False)
@@ -483,22 +505,22 @@ def install(app: FastAPI, service: Keychest) -> None:
             renewal = await pages.db(request, renewals.last_renewal_for_account, account.id, endpoint_id)
             holds = await pages.db(request, incidents.server_holds, account.id, endpoint_id)
         except ServiceError:
-            return pages.render(request, "missing.html", account, status=404, page="servers", what="server")
+            return _missing(pages, request, account, "servers", "server")
         refusal = _take_refusal(service, request, "holds")
-        response = pages.render(
-            request,
-            "server.html",
-            account,
-            page="servers",
-            server=detail,
-            renewal=renewal,
-            holds=holds,
-            hold_error=refusal[0] if refusal else None,
-            hold_typed=refusal[1] if refusal else {},
+        return _shown(
+            pages.render(
+                request,
+                "server.html",
+                account,
+                page="servers",
+                server=detail,
+                renewal=renewal,
+                holds=holds,
+                hold_error=refusal[0] if refusal else None,
+                hold_typed=refusal[1] if refusal else {},
+            ),
+            refusal,
         )
-        if refusal:
-            response.delete_cookie(FORM_COOKIE, path="/")
-        return response
 
     @app.get("/certificates/{sha256}", response_class=HTMLResponse, include_in_schema=False)
     async def certificate_page(sha256: str, request: Request) -> Response:
@@ -508,9 +530,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         try:
             detail = await pages.db(request, certificates.detail_for_account, account.id, sha256[:64])
         except ServiceError:
-            return pages.render(
-                request, "missing.html", account, status=404, page="servers", what="certificate"
-            )
+            return _missing(pages, request, account, "servers", "certificate")
         return pages.render(request, "certificate.html", account, page="servers", cert=detail)
 
     @app.get("/keys", response_class=HTMLResponse, include_in_schema=False)
@@ -522,12 +542,10 @@ def install(app: FastAPI, service: Keychest) -> None:
         return pages.render(request, "keys.html", account, page="keys", keys=lines)
 
     async def key_action(request: Request, key_id: int, fn: Any, done: str) -> Response:
-        account = await account_or_none(request)
-        if account is None:
-            return pages.to_signin(request)
-        form = await pages.form(request)
-        if form is None:
-            return _forbidden()
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account, form = got
         if done == "revoked" and form.get("confirmed") != "yes":
             lines = await pages.db(request, overview.key_lines, account.id)
             key = next((line for line in lines if line.id == key_id), None)
@@ -546,7 +564,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         try:
             await pages.db(request, fn, account.id, key_id)
         except ServiceError as exc:
-            return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
+            return _failed(exc)
         response = _back("/keys", done)
         if done == "revoked":
             # Revoking a key ends every session of the account; the one that did it goes on.
@@ -571,30 +589,29 @@ def install(app: FastAPI, service: Keychest) -> None:
         listed = await pages.db(request, channels.for_account, account.id)
         refusal = _take_refusal(service, request, "settings")
         said = _take_refusal(service, request, "channels")
-        response = pages.render(
-            request,
-            "settings.html",
-            account,
-            **_settings_values(prefs, refusal[0] if refusal else None, refusal[1] if refusal else None),
-            channels=listed,
-            event_types=CHANNEL_EVENT_TYPES,
-            channel_said=said[0] if said else None,
-            channel_said_ok=bool(said and said[1].get("ok")),
-            channel_secret=said[1].get("secret") if said else None,
-            channel_typed=said[1] if said else {},
+        return _shown(
+            pages.render(
+                request,
+                "settings.html",
+                account,
+                **_settings_values(prefs, refusal[0] if refusal else None, refusal[1] if refusal else None),
+                channels=listed,
+                event_types=CHANNEL_EVENT_TYPES,
+                channel_said=said[0] if said else None,
+                channel_said_ok=bool(said and said[1].get("ok")),
+                channel_secret=said[1].get("secret") if said else None,
+                channel_typed=said[1] if said else {},
+            ),
+            refusal,
+            said,
         )
-        if refusal or said:
-            response.delete_cookie(FORM_COOKIE, path="/")
-        return response
 
     @app.post("/settings", include_in_schema=False)
     async def settings_save(request: Request) -> Response:
-        account = await account_or_none(request)
-        if account is None:
-            return pages.to_signin(request)
-        form = await pages.form(request)
-        if form is None:
-            return _forbidden()
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account, form = got
         if form.get("action") == "unsubscribe" and form.get("confirmed") != "yes":
             return _confirm(
                 pages,
@@ -638,12 +655,10 @@ def install(app: FastAPI, service: Keychest) -> None:
 
     @app.post("/settings/channels", include_in_schema=False)
     async def channel_add(request: Request) -> Response:
-        account = await account_or_none(request)
-        if account is None:
-            return pages.to_signin(request)
-        form = await pages.form(request)
-        if form is None:
-            return _forbidden()
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account, form = got
         url = form.get("url", "").strip()
         secret = form.get("secret", "").strip() or None
         types = tuple(t for t in (await request.form()).getlist("event_types") if isinstance(t, str))
@@ -669,11 +684,10 @@ def install(app: FastAPI, service: Keychest) -> None:
 
     @app.post("/settings/channels/{channel_id}/test", include_in_schema=False)
     async def channel_test(channel_id: int, request: Request) -> Response:
-        account = await account_or_none(request)
-        if account is None:
-            return pages.to_signin(request)
-        if await pages.form(request) is None:
-            return _forbidden()
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account = got[0]
         try:
             target = await pages.db(request, channels.test_target_for_account, account.id, channel_id)
         except ServiceError as exc:
@@ -686,19 +700,15 @@ def install(app: FastAPI, service: Keychest) -> None:
 
     @app.post("/settings/channels/{channel_id}/remove", include_in_schema=False)
     async def channel_remove(channel_id: int, request: Request) -> Response:
-        account = await account_or_none(request)
-        if account is None:
-            return pages.to_signin(request)
-        form = await pages.form(request)
-        if form is None:
-            return _forbidden()
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account, form = got
         if form.get("confirmed") != "yes":
             listed = await pages.db(request, channels.for_account, account.id)
             found = next((c for c in listed if c.id == channel_id), None)
             if found is None:
-                return pages.render(
-                    request, "missing.html", account, status=404, page="settings", what="channel"
-                )
+                return _missing(pages, request, account, "settings", "channel")
             return _confirm(
                 pages,
                 request,
@@ -712,17 +722,15 @@ def install(app: FastAPI, service: Keychest) -> None:
         try:
             await pages.db(request, channels.remove_for_account, account.id, channel_id)
         except ServiceError as exc:
-            return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
+            return _failed(exc)
         return _back("/settings", "channel_removed")
 
     @app.post("/servers/{endpoint_id}/snooze", include_in_schema=False)
     async def server_snooze(endpoint_id: int, request: Request) -> Response:
-        account = await account_or_none(request)
-        if account is None:
-            return pages.to_signin(request)
-        form = await pages.form(request)
-        if form is None:
-            return _forbidden()
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account, form = got
         back = f"/servers/{endpoint_id}"
         try:
             days = float(form.get("days", ""))
@@ -742,12 +750,10 @@ def install(app: FastAPI, service: Keychest) -> None:
 
     @app.post("/servers/{endpoint_id}/maintenance", include_in_schema=False)
     async def server_maintenance(endpoint_id: int, request: Request) -> Response:
-        account = await account_or_none(request)
-        if account is None:
-            return pages.to_signin(request)
-        form = await pages.form(request)
-        if form is None:
-            return _forbidden()
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account, form = got
         back = f"/servers/{endpoint_id}"
         typed = {k: form.get(k, "")[:40] for k in ("start", "end")} | {"weekly": form.get("weekly", "")}
         try:
@@ -765,12 +771,10 @@ def install(app: FastAPI, service: Keychest) -> None:
 
     @app.post("/servers/{endpoint_id}/holds/{hold_id}/remove", include_in_schema=False)
     async def server_hold_remove(endpoint_id: int, hold_id: int, request: Request) -> Response:
-        account = await account_or_none(request)
-        if account is None:
-            return pages.to_signin(request)
-        form = await pages.form(request)
-        if form is None:
-            return _forbidden()
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account, form = got
         back = f"/servers/{endpoint_id}"
         if form.get("confirmed") != "yes":
             try:
@@ -779,9 +783,7 @@ def install(app: FastAPI, service: Keychest) -> None:
                 holds = []
             found = next((h for h in holds if h.id == hold_id), None)
             if found is None:
-                return pages.render(
-                    request, "missing.html", account, status=404, page="servers", what="snooze or window"
-                )
+                return _missing(pages, request, account, "servers", "snooze or window")
             return _confirm(
                 pages,
                 request,
@@ -795,7 +797,7 @@ def install(app: FastAPI, service: Keychest) -> None:
         try:
             await pages.db(request, incidents.remove_server_hold, account.id, endpoint_id, hold_id)
         except ServiceError as exc:
-            return HTMLResponse(escape(exc.text), status_code=exc.code, headers=SECURITY_HEADERS)
+            return _failed(exc)
         return _back(back, "hold_removed")
 
     @app.post("/signout", include_in_schema=False)
