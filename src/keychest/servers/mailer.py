@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Concatenate, ParamSpec, TypeVar
 
 from keychest.notify import smtp
+from keychest.servers.activity import run_on_activity
 from keychest.service import alerting, liveness, outbox, reports
 from keychest.service.context import Ctx
 from keychest.service.facade import Keychest
@@ -126,22 +126,21 @@ async def run_outbox(service: Keychest) -> None:
     await Sender(service).run()
 
 
+def _report_alerts(result: alerting.PassResult) -> None:
+    if result.mails:
+        log.info("alert pass: %d alerts in %d mails", result.alerts, result.mails)
+
+
 async def run_alerts(service: Keychest) -> None:
-    marker: tuple[int, int] | None = None
-    last_pass = 0.0
-    while True:
-        try:
-            current = await asyncio.to_thread(service.read, alerting.activity_marker)
-            if current != marker or time.monotonic() - last_pass >= ALERT_INTERVAL_S:
-                result = await asyncio.to_thread(service.call, alerting.run_pass)
-                marker, last_pass = current, time.monotonic()
-                if result.mails:
-                    log.info("alert pass: %d alerts in %d mails", result.alerts, result.mails)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("alert pass failed")
-        await asyncio.sleep(ACTIVITY_POLL_S)
+    await run_on_activity(
+        service,
+        alerting.run_pass,
+        _report_alerts,
+        log=log,
+        what="alert pass",
+        interval_s=ALERT_INTERVAL_S,
+        poll_s=ACTIVITY_POLL_S,
+    )
 
 
 async def run_weekly(service: Keychest) -> None:

@@ -26,7 +26,8 @@ from typing import Concatenate, ParamSpec, TypeVar
 import httpx
 
 from keychest.notify import deliver
-from keychest.service import alerting, incidents, outbox
+from keychest.servers.activity import run_on_activity
+from keychest.service import incidents, outbox
 from keychest.service.context import Ctx
 from keychest.service.facade import Keychest
 
@@ -186,22 +187,21 @@ async def run_notifier(service: Keychest) -> None:
     await Notifier(service).run()
 
 
+def _report_channels(result: incidents.PassResult) -> None:
+    if result.queued:
+        log.info("channel pass: %d notifications for %d channels", result.queued, result.channels)
+
+
 async def run_channel_pass(service: Keychest) -> None:
-    marker: tuple[int, int] | None = None
-    last_pass = 0.0
-    while True:
-        try:
-            current = await asyncio.to_thread(service.read, alerting.activity_marker)
-            if current != marker or time.monotonic() - last_pass >= PASS_INTERVAL_S:
-                result = await asyncio.to_thread(service.call, incidents.run_pass)
-                marker, last_pass = current, time.monotonic()
-                if result.queued:
-                    log.info("channel pass: %d notifications for %d channels", result.queued, result.channels)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("channel pass failed")
-        await asyncio.sleep(ACTIVITY_POLL_S)
+    await run_on_activity(
+        service,
+        incidents.run_pass,
+        _report_channels,
+        log=log,
+        what="channel pass",
+        interval_s=PASS_INTERVAL_S,
+        poll_s=ACTIVITY_POLL_S,
+    )
 
 
 NOTIFY_PARTS: list[Callable[[Keychest], Awaitable[None]]] = [run_notifier, run_channel_pass]
