@@ -21,7 +21,7 @@ with a ``keychest_`` prefix; see docs/metrics.md.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +114,20 @@ def _epoch(moment: datetime) -> float:
     return (moment - datetime(1970, 1, 1)).total_seconds()
 
 
+def _by_label(name: str, documentation: str, label: str, values: Mapping[str, float]) -> GaugeMetricFamily:
+    """A gauge with one label: a sample per key of ``values``."""
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, value in values.items():
+        family.add_metric([key], float(value))
+    return family
+
+
+def _one(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation)
+    family.add_metric([], float(value))
+    return family
+
+
 class ScanResultsCollector(Collector):
     """Aggregates, and per-address gauges for the addresses that need looking at (or all of
     them with --metrics-per-endpoint all), read from the latest scan results in the database."""
@@ -192,30 +206,25 @@ class ScanResultsCollector(Collector):
 
     def _aggregates(self) -> Iterator[GaugeMetricFamily]:
         found = self.service.read(metric_aggregates)
-        endpoints = GaugeMetricFamily(
+        yield _by_label(
             "keychest_endpoints",
             "Monitored endpoints by the worst state of their last scan (unscanned: not yet).",
-            labels=["state"],
+            "state",
+            found.endpoints_by_state,
         )
-        for state, count in found.endpoints_by_state.items():
-            endpoints.add_metric([state], float(count))
-        certificates = GaugeMetricFamily(
+        yield _by_label(
             "keychest_certificates",
             "Served leaf certificates by days left: expired, lt7 ... lt90 (fewer than N days), more.",
-            labels=["days_left"],
+            "days_left",
+            found.certificates_by_days_left,
         )
-        for bucket, count in found.certificates_by_days_left.items():
-            certificates.add_metric([bucket], float(count))
-        addresses = GaugeMetricFamily("keychest_addresses", "Scanned addresses (endpoint and IP).")
-        addresses.add_metric([], float(found.addresses))
-        yield from (endpoints, certificates, addresses)
+        yield _one("keychest_addresses", "Scanned addresses (endpoint and IP).", found.addresses)
         if found.earliest_expiry is not None:
-            earliest = GaugeMetricFamily(
+            yield _one(
                 "keychest_ssl_earliest_cert_expiry",
                 "The soonest not-after of any served leaf certificate, as a Unix timestamp.",
+                _epoch(found.earliest_expiry),
             )
-            earliest.add_metric([], _epoch(found.earliest_expiry))
-            yield earliest
 
 
 class HeartbeatCollector(Collector):
@@ -260,18 +269,17 @@ class OutboxCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         found = self.service.read(outbox_depth)
-        depth = GaugeMetricFamily(
+        depth = _by_label(
             "keychest_outbox_rows",
             "Outbox rows (mails and channel notifications) not yet sent: queued, sending, failed.",
-            labels=["state"],
+            "state",
+            found.by_state,
         )
-        for state, count in found.by_state.items():
-            depth.add_metric([state], float(count))
-        oldest = GaugeMetricFamily(
+        oldest = _one(
             "keychest_outbox_oldest_queued_seconds",
             "Age of the oldest queued outbox row (0 when none waits).",
+            found.oldest_queued_age_s or 0.0,
         )
-        oldest.add_metric([], found.oldest_queued_age_s or 0.0)
         sends = GaugeMetricFamily(
             "keychest_outbox_messages",
             "Outbox rows by channel (mail, or an alert channel's id) and result "
@@ -290,14 +298,12 @@ class LivenessCollector(Collector):
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        ages = GaugeMetricFamily(
+        yield _by_label(
             "keychest_process_loop_age_seconds",
             "Seconds since this process's loop last went round.",
-            labels=["loop"],
+            "loop",
+            liveness.ages(),
         )
-        for loop, age in liveness.ages().items():
-            ages.add_metric([loop], age)
-        yield ages
 
 
 # /healthz of a scanner or mailer fails when its loop has not gone round for this long.
