@@ -50,6 +50,11 @@ from keychest.web.rest.models import (
 )
 
 PREFIX = "/api/v1.0"
+# The documented request of the three calls that name one of the caller's domains.
+DOMAIN_BODY = {
+    **KEY_QUERY,
+    **body_schema({"domain": "name or name:port", "api_key": KEY_DOC}, ["domain"]),
+}
 
 
 def _base(request: Request) -> str:
@@ -413,10 +418,7 @@ def build_router(service: Keychest) -> APIRouter:
         response_model=AddAnswer,
         tags=["servers"],
         summary="Watch a domain[:port] (KeyChest)",
-        openapi_extra={
-            **KEY_QUERY,
-            **body_schema({"domain": "name or name:port", "api_key": KEY_DOC}, ["domain"]),
-        },
+        openapi_extra=DOMAIN_BODY,
     )
     async def add(request: Request) -> Any:
         return await answer(request, _add)
@@ -426,10 +428,7 @@ def build_router(service: Keychest) -> APIRouter:
         response_model=RescanAnswer,
         tags=["servers"],
         summary="Scan one of the caller's domains now",
-        openapi_extra={
-            **KEY_QUERY,
-            **body_schema({"domain": "name or name:port", "api_key": KEY_DOC}, ["domain"]),
-        },
+        openapi_extra=DOMAIN_BODY,
     )
     async def rescan(request: Request) -> Any:
         return await answer(request, _rescan)
@@ -439,10 +438,7 @@ def build_router(service: Keychest) -> APIRouter:
         response_model=RemoveAnswer,
         tags=["servers"],
         summary="Stop watching a domain",
-        openapi_extra={
-            **KEY_QUERY,
-            **body_schema({"domain": "name or name:port", "api_key": KEY_DOC}, ["domain"]),
-        },
+        openapi_extra=DOMAIN_BODY,
     )
     async def remove(request: Request) -> Any:
         return await answer(request, lambda x: _remove(x, None))
