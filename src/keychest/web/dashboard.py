@@ -394,6 +394,22 @@ def install(app: FastAPI, service: Keychest) -> None:
             return _forbidden()
         return account, form
 
+    async def act(
+        request: Request,
+        back: str,
+        done: str,
+        fn: Callable[Concatenate[Ctx, P], object],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Response:
+        """A form's service call, then back to ``back`` saying ``done`` (a refusal is the answer)."""
+        try:
+            await pages.db(request, fn, *args, **kwargs)
+        except ServiceError as exc:
+            return _failed(exc)
+        return _back(back, done)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home(request: Request) -> Response:
         account = await account_or_none(request)
@@ -477,11 +493,9 @@ def install(app: FastAPI, service: Keychest) -> None:
                 back=f"/servers/{endpoint_id}",
                 page="servers",
             )
-        try:
-            await pages.db(request, endpoints.remove_for_account, account.id, endpoint_id)
-        except ServiceError as exc:
-            return _failed(exc)
-        return _back("/servers", "removed")
+        return await act(
+            request, "/servers", "removed", endpoints.remove_for_account, account.id, endpoint_id
+        )
 
     @app.post("/servers/{endpoint_id}/rescan", include_in_schema=False)
     async def servers_rescan(endpoint_id: int, request: Request) -> Response:
@@ -489,11 +503,9 @@ def install(app: FastAPI, service: Keychest) -> None:
         if isinstance(got, Response):
             return got
         account = got[0]
-        try:
-            await pages.db(request, rescan_for_account, account.id, endpoint_id)
-        except ServiceError as exc:
-            return _failed(exc)
-        return _back(f"/servers/{endpoint_id}", "rescan")
+        return await act(
+            request, f"/servers/{endpoint_id}", "rescan", rescan_for_account, account.id, endpoint_id
+        )
 
     @app.get("/servers/{endpoint_id}", response_class=HTMLResponse, include_in_schema=False)
     async def server_page(endpoint_id: int, request: Request) -> Response:
@@ -719,11 +731,9 @@ def install(app: FastAPI, service: Keychest) -> None:
                 back="/settings#channels",
                 page="settings",
             )
-        try:
-            await pages.db(request, channels.remove_for_account, account.id, channel_id)
-        except ServiceError as exc:
-            return _failed(exc)
-        return _back("/settings", "channel_removed")
+        return await act(
+            request, "/settings", "channel_removed", channels.remove_for_account, account.id, channel_id
+        )
 
     @app.post("/servers/{endpoint_id}/snooze", include_in_schema=False)
     async def server_snooze(endpoint_id: int, request: Request) -> Response:
@@ -794,11 +804,9 @@ def install(app: FastAPI, service: Keychest) -> None:
                 back=back,
                 page="servers",
             )
-        try:
-            await pages.db(request, incidents.remove_server_hold, account.id, endpoint_id, hold_id)
-        except ServiceError as exc:
-            return _failed(exc)
-        return _back(back, "hold_removed")
+        return await act(
+            request, back, "hold_removed", incidents.remove_server_hold, account.id, endpoint_id, hold_id
+        )
 
     @app.post("/signout", include_in_schema=False)
     async def signout(request: Request) -> Response:
