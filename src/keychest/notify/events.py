@@ -30,8 +30,14 @@ RECOVERED = "endpoint.recovered"
 INVALID = "certificate.invalid"
 VALID = "certificate.valid"
 TEST = "notification.test"
+# From the machines' renewal reports (notify.renewals): once per report (and address).
+RENEWAL_FAILED = "renewal.failed"
+NOT_DEPLOYED = "deployment.not_deployed"
 
-EVENT_TYPES = (EXPIRING, EXPIRED, RENEWED, RENEWAL_OVERDUE, STALE, FAILING, RECOVERED, INVALID, VALID, TEST)
+EVENT_TYPES = (
+    EXPIRING, EXPIRED, RENEWED, RENEWAL_OVERDUE, STALE, FAILING, RECOVERED, INVALID, VALID,
+    RENEWAL_FAILED, NOT_DEPLOYED, TEST,
+)  # fmt: skip
 # The incident an event opens, and the event that closes it.
 CLOSES = {FAILING: RECOVERED, INVALID: VALID}
 SEVERITIES = ("info", "warning", "critical")

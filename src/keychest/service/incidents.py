@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import insert, or_, select, update
@@ -19,8 +19,9 @@ from sqlalchemy.exc import IntegrityError
 
 from keychest.notify import events as rules
 from keychest.notify import payload as payloads
+from keychest.notify import renewals as renewal_rules
 from keychest.notify.alerts import Policy
-from keychest.service import alerting, channels, domains, errors, keys, outbox, tokens, visibility
+from keychest.service import alerting, channels, domains, errors, keys, outbox, renewals, tokens, visibility
 from keychest.service.context import Ctx
 from keychest.store.models import Account, Channel, ChannelEvent, Endpoint, NotifyHold
 
@@ -137,6 +138,7 @@ def run_pass(ctx: Ctx) -> PassResult:
     )
     facts = alerting.endpoint_facts(ctx, all_ids)
     changes = alerting.certificate_changes(ctx, all_ids)
+    renewal_events = renewal_rules.channel_events(*renewals.alert_facts(ctx, all_ids))
     where = {
         e.id: (e.host, e.port) for e in ctx.session.scalars(select(Endpoint).where(Endpoint.id.in_(all_ids)))
     }
@@ -152,16 +154,22 @@ def run_pass(ctx: Ctx) -> PassResult:
         mine = set(ids)
         sent, open_, repeat = _open(ctx, channel.id)
         open_ = {k: o for k, o in open_.items() if o.endpoint_id not in held}
+        wants = rules.Filter(channel.min_severity, frozenset(channel.event_types or ()))
         decision = rules.decide(
             [facts[i] for i in ids if i in facts],
             [c for c in changes if c.endpoint_id in mine],
             ctx.now,
             sent,
             open_,
-            rules.Filter(channel.min_severity, frozenset(channel.event_types or ())),
+            wants,
             policy,
             repeat,
         )
+        # Renewal reports are events once per report (and address), never incidents.
+        reported = [
+            e for e in renewal_events if e.endpoint_id in mine and e.key not in sent and wants.wants(e)
+        ]
+        decision = replace(decision, events=decision.events + reported)
         if not decision.events and not decision.closed_quietly:
             continue
         raw_acks = {e.key: _ack_token() for e in decision.events if e.type in rules.CLOSES}
