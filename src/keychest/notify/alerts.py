@@ -18,6 +18,10 @@ Rules (docs/mail.md):
 - invalid: any other problem the scanner reports at warning or critical (wrong host name,
   untrusted or self-signed chain, weak key or signature, chain problems), once per
   certificate, state and problem codes on an address.
+- domain registration (RDAP: ``domain_expires_soon``, ``domain_expired``): about the
+  registrable domain, not a certificate, so an alert of its own naming the domain and the date,
+  once per domain, code, severity and expiry date (a renewed registration that nears its end
+  again is news again).
 - down: an address failing for longer than the grace period, once per outage.
 - issuer changed: a new certificate from another CA (organisation; Let's Encrypt rotating
   its intermediates R10/R11 is not news), in the last 7 days.
@@ -36,14 +40,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from keychest.notify.facts import CertChange, CertInfo, EndpointFacts, days, describe_left
-from keychest.scan.judge import Severity, expiry_severity
+from keychest.scan.judge import Severity, days_left, expiry_severity
+from keychest.scan.rdap import CRIT_DAYS as DOMAIN_CRIT_DAYS
 
 DEFAULT_THRESHOLDS = (28, 14, 7, 3, 1)
 SHORT_LIVED = timedelta(days=30)
 ACME_MAX_LIFETIME = timedelta(days=100)
 ISSUER_CHANGE_WINDOW = timedelta(days=7)
-# Problem codes with alerts of their own (expiry, stale deployment); any other is "invalid".
-OWN_ALERTS = frozenset({"expired", "expires_soon", "stale_deployment"})
+# The domain's registration (RDAP), not the certificate: alerts of their own.
+DOMAIN_PROBLEMS = frozenset({"domain_expires_soon", "domain_expired"})
+# Problem codes with alerts of their own (expiry, stale deployment, domain registration); any
+# other is "invalid".
+OWN_ALERTS = frozenset({"expired", "expires_soon", "stale_deployment"}) | DOMAIN_PROBLEMS
 # What follows ``invalid:{endpoint}:{ip}:`` / ``down:{endpoint}:{ip}:`` in a sent key. Matched
 # on the rest rather than split on ":", since an IPv6 address holds colons itself.
 _INVALID_REST = re.compile(r"\d+:(warning|critical):[^:]*")
@@ -64,7 +72,7 @@ class Policy:
 class Alert:
     key: str
     # expiry, expired, renewal_overdue, stale_deployment, invalid, down, issuer_changed, valid,
-    # recovered
+    # recovered, domain_expires_soon, domain_expired
     kind: str
     severity: str  # warning, critical; "ok" for the clearing kinds (valid, recovered)
     title: str  # one line, for the subject and the list
@@ -303,6 +311,8 @@ def decide(
                     )
                 )
 
+    alerts += _domain_alerts(endpoints, now, sent)
+
     for change in changes:
         if change.old is None or now - change.at > ISSUER_CHANGE_WINDOW:
             continue
@@ -328,6 +338,54 @@ def decide(
 
     # Critical first, clearing news last.
     alerts.sort(key=lambda a: (a.severity != "critical", a.severity == "ok", a.kind, a.title))
+    return alerts
+
+
+def _domain_alerts(endpoints: Sequence[EndpointFacts], now: datetime, sent: frozenset[str]) -> list[Alert]:
+    """One alert per registrable domain, listing the account's names under it."""
+    groups: dict[tuple[str, str, datetime | None], list[EndpointFacts]] = {}
+    for endpoint in endpoints:
+        codes = {p for a in endpoint.addresses for p in a.problems if p in DOMAIN_PROBLEMS}
+        if not codes:
+            continue
+        code = "domain_expired" if "domain_expired" in codes else "domain_expires_soon"
+        domain = endpoint.registered_domain or endpoint.name
+        groups.setdefault((domain, code, endpoint.registration_expires), []).append(endpoint)
+    alerts = []
+    for (domain, code, expires), serving in groups.items():
+        names = _names(serving)
+        left = days_left(expires, now) if expires is not None else None
+        critical = code == "domain_expired" or (left is not None and left < DOMAIN_CRIT_DAYS)
+        severity = "critical" if critical else "warning"
+        key = (
+            f"domain:{domain}:{code}:{severity}:{expires:%Y-%m-%d}" if expires else f"domain:{domain}:{code}"
+        )
+        if key in sent:
+            continue
+        lapse = "Renew it at your registrar: once it lapses, the names under it stop resolving."
+        if code == "domain_expired":
+            when = f"on {expires:%Y-%m-%d}" if expires is not None else "already"
+            title = f"Domain registration expired: {domain}"
+            detail = (
+                f"The domain {domain}'s registration expired {when} (the registry's RDAP record). {lapse}"
+            )
+            headline = "domain registration expired"
+        else:
+            if expires is not None and left is not None:
+                span = f"{left} day" if left == 1 else f"{left} days"
+                title = f"Domain registration expires in {span}: {domain}"
+                detail = (
+                    f"The domain {domain}'s registration expires on {expires:%Y-%m-%d} (in {span}, the"
+                    f" registry's RDAP record). {lapse}"
+                )
+                headline = f"domain registration expires in {span}"
+            else:
+                title = f"Domain registration expires soon: {domain}"
+                detail = (
+                    f"The domain {domain}'s registration expires soon (the registry's RDAP record). {lapse}"
+                )
+                headline = "domain registration expires soon"
+        alerts.append(Alert(key, code, severity, title, detail, names, headline))
     return alerts
 
 

@@ -44,6 +44,10 @@ class EndpointFacts:
     id: int
     name: str  # host[:port] as users registered it
     addresses: tuple[AddressFacts, ...]
+    # The registrable domain (example.net for www.example.net) and its registration expiry by
+    # RDAP, for the domain_expires_soon / domain_expired alerts; None: unknown.
+    registered_domain: str | None = None
+    registration_expires: datetime | None = None
 
     @property
     def certificates(self) -> list[CertInfo]:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from keychest.notify import alerts as alert_rules
 from keychest.notify import renewals as renewal_rules
 from keychest.notify.facts import AddressFacts, CertChange, CertInfo, EndpointFacts
+from keychest.scan.suffixes import registrable_domain
 from keychest.service import domains, outbox, preferences, renewals, visibility
 from keychest.service.context import Ctx
 from keychest.service.scans import stored_problems
@@ -50,10 +51,7 @@ def active_accounts(ctx: Ctx, *, email: str | None = None) -> list[Account]:
 def endpoint_facts(ctx: Ctx, endpoint_ids: list[int]) -> dict[int, EndpointFacts]:
     if not endpoint_ids:
         return {}
-    names = {
-        e.id: str(domains.DomainName(e.host, e.port))
-        for e in ctx.session.scalars(select(Endpoint).where(Endpoint.id.in_(endpoint_ids)))
-    }
+    rows_by_id = {e.id: e for e in ctx.session.scalars(select(Endpoint).where(Endpoint.id.in_(endpoint_ids)))}
     # When each failing address's current outage began: its latest change into an error.
     outage = {
         (endpoint_id, ip): at
@@ -90,8 +88,14 @@ def endpoint_facts(ctx: Ctx, endpoint_ids: list[int]) -> dict[int, EndpointFacts
             )
         )
     return {
-        endpoint_id: EndpointFacts(endpoint_id, name, tuple(addresses.get(endpoint_id, ())))
-        for endpoint_id, name in names.items()
+        endpoint_id: EndpointFacts(
+            endpoint_id,
+            str(domains.DomainName(row.host, row.port)),
+            tuple(addresses.get(endpoint_id, ())),
+            registrable_domain(row.host),
+            row.registration_expires,
+        )
+        for endpoint_id, row in rows_by_id.items()
     }
 
 
