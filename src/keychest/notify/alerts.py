@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 
 from keychest.notify.facts import CertChange, CertInfo, EndpointFacts, days, describe_left
 from keychest.scan.judge import Severity, days_left, expiry_severity
-from keychest.scan.rdap import CRIT_DAYS as DOMAIN_CRIT_DAYS
+from keychest.scan.suffixes import DOMAIN_CRIT_DAYS
 
 DEFAULT_THRESHOLDS = (28, 14, 7, 3, 1)
 SHORT_LIVED = timedelta(days=30)

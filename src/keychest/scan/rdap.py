@@ -24,14 +24,14 @@ from urllib.parse import urljoin
 
 from keychest.scan.fetch import Fetcher, FetchError
 from keychest.scan.judge import Problem, Severity, days_left
+from keychest.scan.suffixes import DOMAIN_CRIT_DAYS as CRIT_DAYS
+from keychest.scan.suffixes import DOMAIN_WARN_DAYS as WARN_DAYS
 from keychest.scan.suffixes import registrable_domain
 
 IANA_BOOTSTRAP = "https://data.iana.org/rdap/dns.json"
 CACHE_FOR = timedelta(days=1)
 MAX_REDIRECTS = 3
 MAX_BYTES = 512 * 1024
-WARN_DAYS = 30
-CRIT_DAYS = 7
 
 
 def rdap_base_urls(bootstrap: Mapping[str, Any], domain: str) -> list[str]:

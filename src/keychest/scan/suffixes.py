@@ -12,6 +12,11 @@ from typing import Any
 
 from keychest.scan.targets import is_ip_literal
 
+# Registration expiry: domain_expires_soon under WARN_DAYS, critical under CRIT_DAYS. Here, not
+# in scan.rdap, so that the alert decisions (pure) share the rule without the network code.
+DOMAIN_WARN_DAYS = 30
+DOMAIN_CRIT_DAYS = 7
+
 
 @functools.lru_cache(maxsize=1)
 def _suffix_list() -> Any:
