@@ -5,34 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from functools import partial
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from keychest.config import Settings
 from keychest.service import accounts, alerting, domains, keys, preferences, reports
 from keychest.service.facade import Keychest
-from keychest.store.db import Database, upgrade
 from keychest.store.models import AddressState, AlertSent, Certificate, OutboxMail
+from tests.support.service import service_at
 
 MONDAY = datetime(2026, 11, 30, 8, 5)
 
 
-class Clock:
-    now = MONDAY
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def svc(db_url: str) -> Iterator[Keychest]:
-    db = Database(db_url)
-    upgrade(db)
-    service = Keychest(db, Settings(db_url=db_url, data_dir=Path("."), mail_domain="keychest.test"), Clock())
-    yield service
-    db.dispose()
+    with service_at(db_url, MONDAY) as service:
+        yield service
 
 
 def seen(service: Keychest, email: str, domain: str, days_left: float) -> int:

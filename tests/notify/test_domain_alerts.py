@@ -6,21 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from keychest.config import Settings
 from keychest.notify import render
 from keychest.notify.alerts import Alert, Policy, decide
 from keychest.notify.facts import AddressFacts, CertInfo, EndpointFacts
 from keychest.service import accounts, alerting, domains, keys
 from keychest.service.context import Ctx
 from keychest.service.facade import Keychest
-from keychest.store.db import Database, upgrade
 from keychest.store.models import AddressState, Certificate, Endpoint, OutboxMail
 from tests.notify.test_render import CONTEXTS
+from tests.support.service import service_at
 
 NOW = datetime(2026, 12, 1, 12, 0)
 DAY = timedelta(days=1)
@@ -82,19 +80,10 @@ def test_only_the_domain_problem_is_no_certificate_alert() -> None:
     assert [a.kind for a in found] == ["domain_expires_soon"]
 
 
-class Clock:
-    now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def svc(db_url: str) -> Iterator[Keychest]:
-    db = Database(db_url)
-    upgrade(db)
-    yield Keychest(db, Settings(db_url=db_url, data_dir=Path("."), mail_domain="keychest.test"), Clock())
-    db.dispose()
+    with service_at(db_url, NOW) as service:
+        yield service
 
 
 def test_the_alert_mail_says_when_the_registration_expires(svc: Keychest) -> None:

@@ -5,37 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from keychest.config import Settings
 from keychest.servers.dispatch import _expiration
 from keychest.service import accounts, alerting, domains, keys, renewals
 from keychest.service.errors import ServiceError
 from keychest.service.facade import Keychest
-from keychest.store.db import Database, upgrade
 from keychest.store.models import AddressState, Certificate, Endpoint, OutboxMail, RenewalReport
+from tests.support.service import service_at
 
 NOW = datetime(2026, 12, 1, 12, 0)
 SHA = "ab" * 32
 
 
-class Clock:
-    now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def svc(db_url: str) -> Iterator[Keychest]:
-    db = Database(db_url)
-    upgrade(db)
-    service = Keychest(db, Settings(db_url=db_url, data_dir=Path("."), mail_domain="keychest.test"), Clock())
-    yield service
-    db.dispose()
+    with service_at(db_url, NOW) as service:
+        yield service
 
 
 def confirmed_key(svc: Keychest, email: str = "ops@example.org") -> str:
