@@ -81,9 +81,10 @@ def _renewal(reported: renewals.Reported) -> Response:
     return Response(200, f"renewal {reported.status} recorded for {reported.domain}{scheduled}")
 
 
-# The writes: the service function, the request keys it takes in order (a trailing "?" marks
-# an optional one: None when absent), and the answer.
-WRITES: dict[str, tuple[Callable[..., Any], tuple[str, ...], Callable[[Any], Response]]] = {
+# The calls that reach the database (writes, and the reads in READS): the service function,
+# the request keys it takes in order (a trailing "?" marks an optional one: None when absent),
+# and the answer.
+CALLS: dict[str, tuple[Callable[..., Any], tuple[str, ...], Callable[[Any], Response]]] = {
     "apikey": (keys.create, (), _issued),
     "claim": (accounts.claim, ("apikey", "email"), _claimed),
     "add": (domains.add, ("apikey", "domain"), _added),
@@ -134,8 +135,8 @@ class Dispatcher:
             return Response(200, "placeholder mail domain", data=self.service.settings.mail_domain)
         if cmd == "apikey" and ip is not None and not self._apikey_burst.allow(ip, time.monotonic()):
             return Response(429, "too many new API keys from your address; slow down")
-        # parse_request admits only the commands of protocol.line.COMMANDS: the rest are writes.
-        fn, names, finish = WRITES[cmd]
+        # parse_request admits only the commands of protocol.line.COMMANDS: the rest are CALLS.
+        fn, names, finish = CALLS[cmd]
         args = tuple(
             request.args.get(name[:-1]) if name.endswith("?") else request.get(name) for name in names
         )
