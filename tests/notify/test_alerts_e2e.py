@@ -185,7 +185,10 @@ def test_weekly_report_now_lists_what_expires_and_what_was_renewed(
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)
     assert outcome["reports"] == [{"email": email, "period": None, "queued": True, "reason": "queued"}]
-    assert outcome["sent"] >= 1
+    # The command drains the outbox, but the live server's own mailer (same database, same
+    # SMTP) may lease the row first: which of the two sends it is not the contract, that it
+    # arrives is (below).
+    assert outcome["sent"] in (0, 1)
     mail = sink.wait_to(email, subject="Weekly certificate report")
     subject = str(mail["Subject"])
     assert "1 expiring this week" in subject and "1 expiring within 28 days" in subject
