@@ -167,10 +167,9 @@ def sink() -> Iterator[SmtpSink]:
         yield running
 
 
-@pytest.fixture
-def server(world: World, sink: SmtpSink, tmp_path: Path) -> Iterator[LiveServer]:
-    live = start_server(
-        tmp_path / "server",
+def serve(world: World, sink: SmtpSink, directory: Path, *more: str) -> LiveServer:
+    return start_server(
+        directory,
         "--allow-private-targets",
         "--ca-file", str(world.certs.ca_file),
         "--resolver", world.dns.address,
@@ -178,7 +177,13 @@ def server(world: World, sink: SmtpSink, tmp_path: Path) -> Iterator[LiveServer]
         "--scan-timeout", "2",
         "--smtp", sink.address,
         "--public-url", PUBLIC,
+        *more,
     )  # fmt: skip
+
+
+@pytest.fixture
+def server(world: World, sink: SmtpSink, tmp_path: Path) -> Iterator[LiveServer]:
+    live = serve(world, sink, tmp_path / "server")
     yield live
     live.stop()
 
@@ -212,3 +217,37 @@ def test_wrong_name_mailed_then_one_valid_again_mail(
     sink.wait_to("newcomer@example.org", subject="certificate alerts", timeout=30)
     alerts = [str(m["Subject"]) for m in sink.to(email) if "Confirm" not in str(m["Subject"])]
     assert len(alerts) == 2, alerts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_unacknowledged_critical_mail_repeats_and_its_link_acknowledges(
+    world: World, sink: SmtpSink, tmp_path: Path
+) -> None:
+    """``--renotify 3s``: the problem mail comes again ("Still open"), each with an acknowledge
+    link; the link's GET only shows the incident, its POST acknowledges it."""
+    live = serve(world, sink, tmp_path / "server", "--renotify", "3s")
+    try:
+        email = "repeat@example.org"
+        domain = f"{HOST}:{world.port}"
+        confirmed_account(live, sink, email, domain)
+        first = sink.wait_to(email, subject="certificate problem", timeout=30)
+        [first_link] = sink.links(first, "/ack/")
+        assert "Acknowledge" in sink.text(first) and first_link in sink.html(first)
+        again = sink.wait_to(email, subject="still certificate problem", timeout=30)
+        assert f"Still open: Certificate problem at 127.0.0.1: {domain}" in sink.text(again)
+        [link] = sink.links(again, "/ack/")
+        assert link != first_link
+        path = link.removeprefix(PUBLIC)
+        # The repeat's link replaced the first one.
+        assert httpx.get(live.http_url + first_link.removeprefix(PUBLIC)).status_code == 404
+        page = httpx.get(live.http_url + path)
+        assert page.status_code == 200 and "certificate.invalid" in page.text and "still open" in page.text
+        assert f'action="{path}"' in page.text
+        # Looking twice acknowledges nothing; the POST does, once.
+        assert httpx.get(live.http_url + path).status_code == 200
+        done = httpx.post(live.http_url + path)
+        assert done.status_code == 200 and "Acknowledged" in done.text
+        assert httpx.post(live.http_url + path).status_code == 404
+    finally:
+        live.stop()

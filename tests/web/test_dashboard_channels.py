@@ -17,6 +17,7 @@ from standardwebhooks.webhooks import Webhook
 
 from keychest.service import incidents, links
 from keychest.service.facade import Keychest
+from keychest.service.holds import held_endpoints
 from keychest.store.models import Account
 from tests.notify.receiver import receiver
 from tests.notify.test_channels_rest import app_for, confirmed_key
@@ -158,7 +159,7 @@ def test_snooze_and_maintenance_on_the_server_page(app: tuple[Keychest, TestClie
     assert client.post(f"/servers/{endpoint}/snooze", data={"csrf": token, "days": "3"}).status_code == 303
     [held] = service.call(incidents.server_holds, account_id(service, "ops@example.org"), endpoint)
     assert held.kind == "snooze" and held.active
-    assert service.call(incidents.held_endpoints, [endpoint]) == frozenset({endpoint})
+    assert service.call(held_endpoints, [endpoint]) == frozenset({endpoint})
 
     window = client.post(
         f"/servers/{endpoint}/maintenance",
@@ -181,7 +182,7 @@ def test_snooze_and_maintenance_on_the_server_page(app: tuple[Keychest, TestClie
         f"/servers/{endpoint}/holds/{holds[0]}/remove", data={"csrf": token, "confirmed": "yes"}
     )
     assert done.status_code == 303
-    assert service.call(incidents.held_endpoints, [endpoint]) == frozenset()
+    assert service.call(held_endpoints, [endpoint]) == frozenset()
     left = re.findall(
         rf'action="/servers/{endpoint}/holds/(\d+)/remove"', client.get(f"/servers/{endpoint}").text
     )

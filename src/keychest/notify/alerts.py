@@ -25,6 +25,9 @@ Rules (docs/mail.md):
 - down: an address failing for longer than the grace period, once per outage.
 - issuer changed: a new certificate from another CA (organisation; Let's Encrypt rotating
   its intermediates R10/R11 is not news), in the last 7 days.
+- repeat: an ``invalid`` or ``down`` alert is an incident. One the caller names in ``repeat``
+  (critical, not acknowledged, mailed longer than --renotify ago) and that is still true, as
+  the same key, is mailed again as it is now, marked ``repeat`` ("still ...").
 - valid / recovered: an address that was mailed an ``invalid`` / ``down`` alert and now
   serves a certificate with no such problem / answers again, once per incident (keyed
   ``valid:<the invalid key>`` / ``recovered:<the down key>``). An incident replaced by a newer
@@ -52,6 +55,10 @@ DOMAIN_PROBLEMS = frozenset({"domain_expires_soon", "domain_expired"})
 # Problem codes with alerts of their own (expiry, stale deployment, domain registration); any
 # other is "invalid".
 OWN_ALERTS = frozenset({"expired", "expires_soon", "stale_deployment"}) | DOMAIN_PROBLEMS
+# The alerts that open an incident (cleared by ``valid`` / ``recovered``): they carry an
+# acknowledge link and are repeated under --renotify until acknowledged or over.
+CLEARED_BY = {"invalid": "valid", "down": "recovered"}
+INCIDENT_KINDS = frozenset(CLEARED_BY)
 # What follows ``invalid:{endpoint}:{ip}:`` / ``down:{endpoint}:{ip}:`` in a sent key. Matched
 # on the rest rather than split on ":", since an IPv6 address holds colons itself.
 _INVALID_REST = re.compile(r"\d+:(warning|critical):[^:]*")
@@ -82,6 +89,10 @@ class Alert:
     headline: str = ""
     # More keys marked sent with this one: the older incidents of the address it clears.
     covers: tuple[str, ...] = field(default=())
+    # Incidents (INCIDENT_KINDS): the address they are about, and whether this mails one again.
+    endpoint_id: int | None = None
+    ip: str | None = None
+    repeat: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -91,6 +102,7 @@ class Alert:
             "title": self.title,
             "detail": self.detail,
             "endpoints": list(self.endpoints),
+            "repeat": self.repeat,
         }
 
 
@@ -154,8 +166,12 @@ def decide(
     now: datetime,
     sent: frozenset[str],
     policy: Policy = Policy(),
+    repeat: frozenset[str] = frozenset(),
 ) -> list[Alert]:
-    """The alerts to send now for one account, most urgent first."""
+    """The alerts to send now for one account, most urgent first.
+
+    ``repeat``: sent incident keys due to be mailed again; each still true comes back as it is
+    now, with ``repeat`` set and "still" in its headline."""
     alerts: list[Alert] = []
     by_cert: dict[int, tuple[CertInfo, list[EndpointFacts]]] = {}
     for endpoint in endpoints:
@@ -245,18 +261,23 @@ def decide(
                 # Every other problem the scanner reports is an incident too (issue 12 item 6):
                 # once per certificate, state and codes, so getting worse is news again.
                 key = f"invalid:{endpoint.id}:{address.ip}:{served.id}:{address.state}:{','.join(invalid)}"
-                if key not in sent:
+                if key not in sent or _due(key, "invalid", sent, repeat):
+                    again = key in sent
                     alerts.append(
                         Alert(
                             key,
                             "invalid",
                             address.state,
-                            f"Certificate problem at {address.ip or endpoint.name}: {endpoint.name}",
+                            f"{_still(again)}Certificate problem at {address.ip or endpoint.name}: "
+                            f"{endpoint.name}",
                             f"The scanner found {', '.join(invalid)} on the certificate from {served.issuer} "
                             f"served by {endpoint.name} at {address.ip}. Browsers may refuse it; the "
                             "dashboard explains each problem.",
                             (endpoint.name,),
-                            f"certificate problem: {', '.join(invalid)}",
+                            f"{'still ' if again else ''}certificate problem: {', '.join(invalid)}",
+                            endpoint_id=endpoint.id,
+                            ip=address.ip,
+                            repeat=again,
                         )
                     )
             open_invalid = _open_incidents(
@@ -295,19 +316,23 @@ def decide(
                 if now - address.error_since < policy.down_grace:
                     continue
                 key = f"down:{endpoint.id}:{address.ip}:{address.error_since.isoformat()}"
-                if key in sent:
+                if key in sent and not _due(key, "down", sent, repeat):
                     continue
+                again = key in sent
                 at = f" at {address.ip}" if address.ip else ""
                 alerts.append(
                     Alert(
                         key,
                         "down",
                         "critical",
-                        f"Unreachable{at}: {endpoint.name}",
+                        f"{_still(again)}Unreachable{at}: {endpoint.name}",
                         f"{endpoint.name}{at} has failed every scan since "
                         f"{address.error_since:%Y-%m-%d %H:%M} UTC: {address.error or address.error_kind}.",
                         (endpoint.name,),
-                        f"unreachable{at}",
+                        f"{'still ' if again else ''}unreachable{at}",
+                        endpoint_id=endpoint.id,
+                        ip=address.ip,
+                        repeat=again,
                     )
                 )
 
@@ -387,6 +412,22 @@ def _domain_alerts(endpoints: Sequence[EndpointFacts], now: datetime, sent: froz
                 headline = "domain registration expires soon"
         alerts.append(Alert(key, code, severity, title, detail, names, headline))
     return alerts
+
+
+def is_open(key: str, kind: str, sent: frozenset[str]) -> bool:
+    """A mailed incident is open until its clearing alert was mailed."""
+    return clearing_key(CLEARED_BY[kind], key) not in sent
+
+
+def _due(key: str, kind: str, sent: frozenset[str], repeat: frozenset[str]) -> bool:
+    # A cleared incident that comes back with the same key stays cleared: its clearing mail
+    # went out already, so it could never clear again.
+    return key in repeat and is_open(key, kind, sent)
+
+
+def _still(again: bool) -> str:
+    """A repeated incident's title begins with this: the reader sees it is a reminder."""
+    return "Still open: " if again else ""
 
 
 def _host(alert: Alert) -> str:

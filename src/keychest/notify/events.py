@@ -40,6 +40,8 @@ EVENT_TYPES = (
 )  # fmt: skip
 # The incident an event opens, and the event that closes it.
 CLOSES = {FAILING: RECOVERED, INVALID: VALID}
+# The same incidents as mailed (notify.alerts kinds), under the names channels use.
+MAIL_INCIDENTS = {"invalid": INVALID, "down": FAILING}
 SEVERITIES = ("info", "warning", "critical")
 ACME_MAX_LIFETIME = timedelta(days=100)
 # Problem codes that have events of their own (expiry, stale deployment): not "invalid".

@@ -1,6 +1,7 @@
 """The loop of a pass that follows activity: the mailer's alert pass and the notifier's
 channel pass both run when fresh scan results or confirmed accounts show up (a cheap marker
-read every few seconds), and at least once per interval regardless."""
+read every few seconds), and at least once per interval regardless (or per --renotify, when
+that is shorter)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ async def run_on_activity(
 ) -> None:
     marker: tuple[int, int] | None = None
     last_pass = 0.0
+    # Repeats (--renotify) fall due with no activity at all: a shorter interval is kept too.
+    renotify = service.settings.notify.renotify_s
+    interval_s = min(interval_s, renotify) if renotify > 0 else interval_s
     while True:
         try:
             current = await asyncio.to_thread(service.read, alerting.activity_marker)

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import and_, func, insert, or_, select
+from sqlalchemy import CursorResult, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keychest.notify import alerts as alert_rules
 from keychest.notify import renewals as renewal_rules
 from keychest.notify.facts import AddressFacts, CertChange, CertInfo, EndpointFacts
 from keychest.scan.suffixes import registrable_domain
-from keychest.service import domains, outbox, preferences, renewals, visibility
+from keychest.service import domains, outbox, preferences, renewals, tokens, visibility
 from keychest.service.context import Ctx
+from keychest.service.holds import held_endpoints
 from keychest.service.scans import stored_problems
 from keychest.states import AccountState, Change
 from keychest.store.models import (
@@ -165,6 +167,85 @@ def record_sent(ctx: Ctx, account_id: int, keys: list[tuple[str, str]]) -> bool:
     return True
 
 
+def _renotify_before(ctx: Ctx) -> datetime | None:
+    """Incidents last mailed before this are due again (None: --renotify 0, never)."""
+    renotify = ctx.settings.notify.renotify_s
+    return ctx.now - timedelta(seconds=renotify) if renotify > 0 else None
+
+
+def due_again(ctx: Ctx, account_id: int) -> frozenset[str]:
+    """The account's mailed incidents due to be mailed again: critical, not acknowledged, last
+    mailed --renotify ago or longer (whether still true is for the pure decision)."""
+    before = _renotify_before(ctx)
+    if before is None:
+        return frozenset()
+    return frozenset(
+        ctx.session.scalars(
+            select(AlertSent.alert_key).where(
+                AlertSent.account_id == account_id,
+                AlertSent.kind.in_(alert_rules.INCIDENT_KINDS),
+                AlertSent.severity == "critical",
+                AlertSent.acked_at.is_(None),
+                AlertSent.last_sent_at <= before,
+            )
+        )
+    )
+
+
+class _Lost(Exception):
+    """Another mailer process repeated the incident first."""
+
+
+def record_alerts(ctx: Ctx, account_id: int, found: list[alert_rules.Alert]) -> dict[str, str] | None:
+    """Mark the alerts mailed, with a fresh acknowledge link per incident; the link of each
+    incident by key, or None (and nothing written) when another process was first."""
+    links = {a.key: tokens.ack_link(ctx) for a in found if a.kind in alert_rules.INCIDENT_KINDS}
+    rows = []
+    for alert in found:
+        if alert.repeat:
+            continue
+        link = links.get(alert.key)
+        for key in (alert.key, *alert.covers):
+            mine = key == alert.key and link is not None
+            rows.append(
+                {
+                    "account_id": account_id,
+                    "alert_key": key,
+                    "kind": alert.kind,
+                    "sent_at": ctx.now,
+                    "severity": alert.severity if mine else None,
+                    "endpoint_id": alert.endpoint_id if mine else None,
+                    "ip": alert.ip if mine else None,
+                    "last_sent_at": ctx.now if mine else None,
+                    "ack_hash": link.hash if mine and link is not None else None,
+                }
+            )
+    before = _renotify_before(ctx) or ctx.now
+    try:
+        with ctx.session.begin_nested():
+            if rows:
+                ctx.session.execute(insert(AlertSent), rows)
+            for alert in found:
+                if not alert.repeat:
+                    continue
+                # Conditional, so two mailer processes cannot both repeat it.
+                done = ctx.session.execute(
+                    update(AlertSent)
+                    .where(
+                        AlertSent.account_id == account_id,
+                        AlertSent.alert_key == alert.key,
+                        AlertSent.acked_at.is_(None),
+                        AlertSent.last_sent_at <= before,
+                    )
+                    .values(last_sent_at=ctx.now, ack_hash=links[alert.key].hash)
+                )
+                if cast("CursorResult[Any]", done).rowcount != 1:
+                    raise _Lost
+    except (IntegrityError, _Lost):
+        return None
+    return {key: link.url for key, link in links.items()}
+
+
 @dataclass(frozen=True)
 class PassResult:
     accounts: int
@@ -182,41 +263,50 @@ def run_pass(ctx: Ctx) -> PassResult:
     facts = endpoint_facts(ctx, all_ids)
     changes = certificate_changes(ctx, all_ids)
     renewal_failures, undeployed = renewals.alert_facts(ctx, all_ids)
+    held = held_endpoints(ctx, all_ids)
     mails = total = 0
     for account in accounts:
         ids = mapping.get(account.id, [])
         if not ids:
             continue
+        # A held server (snooze, maintenance window) is left out: its alerts wait, its open
+        # incidents stay open, and what is still true when the hold ends is mailed then.
+        ids = [i for i in ids if i not in held]
         mine = set(ids)
         pref = prefs[account.id]
+        sent = sent_keys(ctx, account.id)
         found = alert_rules.decide(
             [facts[i] for i in ids if i in facts],
             [c for c in changes if c.endpoint_id in mine],
             ctx.now,
-            sent_keys(ctx, account.id),
+            sent,
             alert_rules.Policy(
                 thresholds_days=pref.expiry_thresholds,
                 down_grace=timedelta(minutes=pref.down_grace_minutes),
                 warn_days=ctx.settings.scan.warn_days,
                 crit_days=ctx.settings.scan.crit_days,
             ),
+            due_again(ctx, account.id),
         )
         found += renewal_rules.decide(
             [f for f in renewal_failures if f.endpoint_id in mine],
             [u for u in undeployed if u.endpoint_id in mine],
-            sent_keys(ctx, account.id),
+            sent,
         )
         if not found:
             continue
-        keys = [(key, a.kind) for a in found for key in (a.key, *a.covers)]
-        if not record_sent(ctx, account.id, keys):
+        ack_urls = record_alerts(ctx, account.id, found)
+        if ack_urls is None:
             continue
         outbox.enqueue(
             ctx,
             kind="alerts",
             to_addr=preferences.recipient(account, pref),
             account_id=account.id,
-            payload={"alerts": [a.as_dict() for a in found], "subject": alert_rules.subject(found)},
+            payload={
+                "alerts": [a.as_dict() | {"ack_url": ack_urls.get(a.key)} for a in found],
+                "subject": alert_rules.subject(found),
+            },
         )
         mails += 1
         total += len(found)

@@ -9,21 +9,22 @@ queued once per channel whatever rescans, restarts or parallel passes happen (th
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from keychest.notify import alerts as alert_rules
 from keychest.notify import events as rules
 from keychest.notify import payload as payloads
 from keychest.notify import renewals as renewal_rules
 from keychest.notify.alerts import Policy
 from keychest.service import alerting, channels, domains, errors, keys, outbox, renewals, tokens, visibility
 from keychest.service.context import Ctx
-from keychest.store.models import Account, Channel, ChannelEvent, Endpoint, NotifyHold
+from keychest.service.holds import held_endpoints
+from keychest.store.models import Account, AlertSent, Channel, ChannelEvent, Endpoint, NotifyHold
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,6 @@ def _open(ctx: Ctx, channel_id: int) -> tuple[frozenset[str], dict[str, rules.Op
             ):
                 repeat.add(key)
     return frozenset(sent), open_, frozenset(repeat)
-
-
-def ack_path(raw: str) -> str:
-    return f"/ack/{raw}"
-
-
-def _ack_token() -> tuple[str, str]:
-    raw = secrets.token_urlsafe(32)
-    return raw, tokens.hash_token(raw)
 
 
 def _record(ctx: Ctx, channel: Channel, decision: rules.Decision, acks: dict[str, str]) -> bool:
@@ -172,8 +164,8 @@ def run_pass(ctx: Ctx) -> PassResult:
         decision = replace(decision, events=decision.events + reported)
         if not decision.events and not decision.closed_quietly:
             continue
-        raw_acks = {e.key: _ack_token() for e in decision.events if e.type in rules.CLOSES}
-        if not _record(ctx, channel, decision, {k: h for k, (_, h) in raw_acks.items()}):
+        acks = {e.key: tokens.ack_link(ctx) for e in decision.events if e.type in rules.CLOSES}
+        if not _record(ctx, channel, decision, {k: a.hash for k, a in acks.items()}):
             continue
         account = (
             payloads.AccountRef(channel.account_id, emails.get(channel.account_id, ""))
@@ -191,9 +183,7 @@ def run_pass(ctx: Ctx) -> PassResult:
                 port=port,
                 account=account,
                 dashboard_url=dashboard_url,
-                ack_url=ctx.settings.mail.public_url + ack_path(raw_acks[event.key][0])
-                if event.key in raw_acks
-                else None,
+                ack_url=acks[event.key].url if event.key in acks else None,
             )
             outbox.enqueue_notification(
                 ctx,
@@ -219,22 +209,37 @@ class AckView:
     open: bool
 
 
-def _by_token(ctx: Ctx, raw: str) -> ChannelEvent:
-    row = ctx.session.scalar(select(ChannelEvent).where(ChannelEvent.ack_hash == tokens.hash_token(raw)))
+def _by_token(ctx: Ctx, raw: str) -> ChannelEvent | AlertSent:
+    """A channel's incident or a mailed one: the hash is unique in each table."""
+    hashed = tokens.hash_token(raw)
+    row: ChannelEvent | AlertSent | None = ctx.session.scalar(
+        select(ChannelEvent).where(ChannelEvent.ack_hash == hashed)
+    )
+    if row is None:
+        row = ctx.session.scalar(select(AlertSent).where(AlertSent.ack_hash == hashed))
     if row is None:
         raise errors.not_found("this link was used already, or replaced by a newer notification")
     return row
 
 
-def _ack_view(ctx: Ctx, row: ChannelEvent) -> AckView:
+def _ack_view(ctx: Ctx, row: ChannelEvent | AlertSent) -> AckView:
     endpoint = ctx.session.get(Endpoint, row.endpoint_id) if row.endpoint_id is not None else None
     where = f"{endpoint.host}:{endpoint.port}" if endpoint is not None else "?"
     if row.ip:
         where += f" at {row.ip}"
+    if isinstance(row, ChannelEvent):
+        type_, opened_at, is_open = row.type, row.opened_at, row.closed_at is None
+    else:
+        type_, opened_at = rules.MAIL_INCIDENTS.get(row.kind, row.kind), row.sent_at
+        is_open = alert_rules.is_open(row.alert_key, row.kind, alerting.sent_keys(ctx, row.account_id))
     return AckView(
-        row.type, where, row.severity, f"{row.opened_at:%Y-%m-%d %H:%M} UTC", row.acked_at is not None,
-        row.closed_at is None,
-    )  # fmt: skip
+        type_,
+        where,
+        row.severity or "?",
+        f"{opened_at:%Y-%m-%d %H:%M} UTC",
+        row.acked_at is not None,
+        is_open,
+    )
 
 
 def ack_info(ctx: Ctx, raw: str) -> AckView:
@@ -255,20 +260,6 @@ SNOOZE = "snooze"
 MAINTENANCE = "maintenance"
 MAX_WINDOW = timedelta(days=7)  # a weekly window shorter than the week
 MAX_SNOOZE_DAYS = 365
-
-
-def held_endpoints(ctx: Ctx, endpoint_ids: list[int]) -> frozenset[int]:
-    rows = ctx.session.execute(
-        select(NotifyHold.endpoint_id, NotifyHold.starts_at, NotifyHold.ends_at, NotifyHold.weekly).where(
-            or_(NotifyHold.weekly.is_(True), NotifyHold.ends_at > ctx.now)
-        )
-    )
-    wanted = set(endpoint_ids)
-    return frozenset(
-        endpoint_id
-        for endpoint_id, starts_at, ends_at, weekly in rows
-        if endpoint_id in wanted and rules.Hold(starts_at, ends_at, weekly).active(ctx.now)
-    )
 
 
 @dataclass(frozen=True)

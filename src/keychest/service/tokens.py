@@ -53,6 +53,19 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode("ascii", "replace")).hexdigest()
 
 
+@dataclass(frozen=True)
+class AckLink:
+    """An incident's acknowledge link (mail or channel): the URL to send, the hash to store."""
+
+    url: str
+    hash: str
+
+
+def ack_link(ctx: Ctx) -> AckLink:
+    raw = secrets.token_urlsafe(32)
+    return AckLink(f"{ctx.settings.mail.public_url}/ack/{raw}", hash_token(raw))
+
+
 def issue(
     ctx: Ctx,
     purpose: str,

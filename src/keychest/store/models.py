@@ -296,8 +296,20 @@ class AlertSent(Base):
     alert_key: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(32))
     sent_at: Mapped[datetime] = mapped_column(DateTime)
+    # Incidents mailed (``invalid``, ``down``; migration 0014), NULL on other rows: where, how
+    # bad, when last mailed (--renotify counts from it), the SHA-256 of the single-use token in
+    # the last mail's acknowledge link (NULL once used), and when it was acknowledged.
+    severity: Mapped[str | None] = mapped_column(String(16))
+    endpoint_id: Mapped[int | None] = mapped_column(BigInteger)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    last_sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    ack_hash: Mapped[str | None] = mapped_column(String(64))
+    acked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
-    __table_args__ = (UniqueConstraint("account_id", "alert_key", name="uq_alerts_sent_account_key"),)
+    __table_args__ = (
+        UniqueConstraint("account_id", "alert_key", name="uq_alerts_sent_account_key"),
+        Index("ix_alerts_sent_ack_hash", "ack_hash", unique=True),
+    )
 
 
 class AccountPreferences(Base):
