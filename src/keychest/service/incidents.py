@@ -402,3 +402,132 @@ def remove_hold(ctx: Ctx, raw_key: str, hold_id: int) -> None:
             ctx.session.delete(row)
             return
     raise errors.not_found("no such snooze or maintenance window")
+
+
+# --- open incidents, listed and acknowledged from the dashboard and REST -------------------------
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    """One open incident of a server's address, as mail and the account's channels were told."""
+
+    type: str  # certificate.invalid, endpoint.failing
+    endpoint_id: int
+    domain: str  # host[:port]
+    ip: str | None
+    severity: str
+    opened_at: datetime
+    acknowledged: bool
+    told: tuple[str, ...]  # "mail" and the (redacted) URLs of the channels that got it
+
+
+@dataclass
+class _Open:
+    type: str
+    endpoint_id: int
+    ip: str | None
+    severity: str
+    opened_at: datetime
+    acked: bool
+    told: str
+    row: ChannelEvent | AlertSent
+
+
+def _account_open(ctx: Ctx, account_id: int, endpoint_ids: set[int]) -> list[_Open]:
+    """The open incidents of the account's mail and channels on these servers."""
+    found: list[_Open] = []
+    sent = alerting.sent_keys(ctx, account_id)
+    for row in ctx.session.scalars(
+        select(AlertSent).where(
+            AlertSent.account_id == account_id,
+            AlertSent.kind.in_(alert_rules.INCIDENT_KINDS),
+            AlertSent.endpoint_id.is_not(None),
+        )
+    ):
+        if row.endpoint_id in endpoint_ids and alert_rules.is_open(row.alert_key, row.kind, sent):
+            found.append(
+                _Open(
+                    rules.MAIL_INCIDENTS[row.kind], row.endpoint_id, row.ip, row.severity or "warning",
+                    row.sent_at, row.acked_at is not None, "mail", row,
+                )
+            )  # fmt: skip
+    for event, channel in ctx.session.execute(
+        select(ChannelEvent, Channel)
+        .join(Channel, Channel.id == ChannelEvent.channel_id)
+        .where(
+            Channel.account_id == account_id,
+            Channel.state != channels.REMOVED,
+            ChannelEvent.closed_at.is_(None),
+            ChannelEvent.type.in_(rules.CLOSES),
+        )
+    ).tuples():
+        if event.endpoint_id is not None and event.endpoint_id in endpoint_ids:
+            found.append(
+                _Open(
+                    event.type, event.endpoint_id, event.ip, event.severity, event.opened_at,
+                    event.acked_at is not None, channels.label(channel.url), event,
+                )
+            )  # fmt: skip
+    return found
+
+
+def _views(ctx: Ctx, found: list[_Open]) -> list[IncidentView]:
+    """One view per address and type: mail and every channel were told of the same incident.
+    Its severity is the latest one told; it is acknowledged once every copy is."""
+    groups: dict[tuple[str, int, str | None], list[_Open]] = {}
+    for item in found:
+        groups.setdefault((item.type, item.endpoint_id, item.ip), []).append(item)
+    names = {
+        e.id: str(domains.DomainName(e.host, e.port))
+        for e in ctx.session.scalars(select(Endpoint).where(Endpoint.id.in_({g[1] for g in groups})))
+    }
+    views = []
+    for (type_, endpoint_id, ip), items in groups.items():
+        latest = max(items, key=lambda i: i.opened_at)
+        told = tuple(sorted({i.told for i in items}))
+        views.append(
+            IncidentView(
+                type_, endpoint_id, names.get(endpoint_id, "?"), ip, latest.severity,
+                min(i.opened_at for i in items), all(i.acked for i in items), told,
+            )
+        )  # fmt: skip
+    views.sort(key=lambda v: (v.domain, v.ip or "", v.type))
+    return views
+
+
+def _acknowledge_all(ctx: Ctx, found: list[_Open]) -> int:
+    """Acknowledge every copy; the number of incidents (views) that were not acknowledged yet."""
+    fresh = len([v for v in _views(ctx, found) if not v.acknowledged])
+    for item in found:
+        if not item.acked:
+            item.row.acked_at, item.row.ack_hash = ctx.now, None
+    return fresh
+
+
+def server_incidents(ctx: Ctx, account_id: int, endpoint_id: int) -> list[IncidentView]:
+    endpoint = _account_endpoint(ctx, account_id, endpoint_id)
+    return _views(ctx, _account_open(ctx, account_id, {endpoint.id}))
+
+
+def acknowledge_server(ctx: Ctx, account_id: int, endpoint_id: int) -> int:
+    """Stop repeating the server's open incidents (mail and the account's channels) until they
+    change or get worse; the number newly acknowledged."""
+    endpoint = _account_endpoint(ctx, account_id, endpoint_id)
+    return _acknowledge_all(ctx, _account_open(ctx, account_id, {endpoint.id}))
+
+
+def key_incidents(ctx: Ctx, raw_key: str) -> list[IncidentView]:
+    """The open incidents of the servers the key sees, as its account was told of them."""
+    key = keys.use(ctx, raw_key)
+    if key.account_id is None:
+        return []
+    seen = set(ctx.session.scalars(visibility.key_endpoints(key)))
+    return _views(ctx, _account_open(ctx, key.account_id, seen))
+
+
+def acknowledge_for_key(ctx: Ctx, raw_key: str, domain: str) -> int:
+    endpoint = visibility.key_endpoint(ctx, raw_key, domain)
+    key = keys.use(ctx, raw_key)
+    if key.account_id is None:
+        return 0
+    return _acknowledge_all(ctx, _account_open(ctx, key.account_id, {endpoint.id}))
