@@ -460,7 +460,7 @@ def _account_open(ctx: Ctx, account_id: int, endpoint_ids: set[int]) -> list[_Op
             ChannelEvent.closed_at.is_(None),
             ChannelEvent.type.in_(rules.CLOSES),
         )
-    ).tuples():
+    ):
         if event.endpoint_id is not None and event.endpoint_id in endpoint_ids:
             found.append(
                 _Open(

@@ -4,7 +4,9 @@
 problem for a bad URL, a private address or a bad secret; a webhook's secret is shown in full
 in this answer only), ``DELETE /api/v1.0/channels/{id}`` removes one, and
 ``POST /api/v1.0/channels/{id}/test`` sends a test notification and reports the receiver's
-answer. Only an approved key of a confirmed account has channels.
+answer. Holds (snooze, maintenance) and incidents (``GET /api/v1.0/incidents``,
+``POST /api/v1.0/servers/acknowledge``) are per server. Only an approved key of a confirmed
+account has channels.
 """
 
 from __future__ import annotations
@@ -111,6 +113,26 @@ def _remove_hold(x: Exchange, hold_id: int) -> dict[str, Any]:
     return {"status": "removed", "id": hold_id}
 
 
+def _incident_item(view: incidents.IncidentView) -> dict[str, Any]:
+    item = asdict(view)
+    item.pop("endpoint_id")
+    item["opened_at"] = view.opened_at.isoformat() + "Z"
+    item["told"] = list(view.told)
+    return item
+
+
+def _incidents(x: Exchange) -> dict[str, Any]:
+    found = x.call(incidents.key_incidents, x.key())
+    return {"status": "success", "incidents": [_incident_item(v) for v in found]}
+
+
+def _acknowledge(x: Exchange) -> dict[str, Any]:
+    key = x.key()
+    domain = x.field("domain")
+    count = x.call(incidents.acknowledge_for_key, key, domain)
+    return {"status": "acknowledged", "domain": domain, "acknowledged": count}
+
+
 def add_routes(
     router: APIRouter, answer: Callable[[Request, Callable[[Exchange], Any]], Awaitable[Any]]
 ) -> None:
@@ -191,6 +213,27 @@ def add_routes(
     )
     async def maintenance(request: Request) -> Any:
         return await answer(request, _maintenance)
+
+    @router.get(
+        "/api/v1.0/incidents",
+        tags=["channels"],
+        summary="Open incidents of the key's servers, as mail and the account's channels were told",
+        openapi_extra=KEY_QUERY,
+    )
+    async def list_incidents(request: Request) -> Any:
+        return await answer(request, _incidents)
+
+    @router.post(
+        "/api/v1.0/servers/acknowledge",
+        tags=["channels"],
+        summary="Acknowledge a server's open incidents: no repeats until they change or get worse",
+        openapi_extra={
+            **KEY_QUERY,
+            **body_schema({"domain": "name or name:port", "api_key": KEY_DOC}, ["domain"]),
+        },
+    )
+    async def acknowledge(request: Request) -> Any:
+        return await answer(request, _acknowledge)
 
     @router.get(
         "/api/v1.0/holds",
