@@ -71,6 +71,7 @@ NOTICES = {
     "snoozed": "Alerts for this server are held; they go out afterwards only if still true.",
     "window_added": "Maintenance window added.",
     "hold_removed": "Snooze or window ended: alerts flow again.",
+    "acknowledged": "Open incidents acknowledged: they are not repeated unless they change or get worse.",
 }
 # What a channel may ask for in the settings form ("test" is the test message: always sent).
 CHANNEL_EVENT_TYPES = tuple(t for t in event_rules.EVENT_TYPES if t != event_rules.TEST)
@@ -516,6 +517,7 @@ def install(app: FastAPI, service: Keychest) -> None:
             detail = await pages.db(request, overview.server_detail, account.id, endpoint_id)
             renewal = await pages.db(request, renewals.last_renewal_for_account, account.id, endpoint_id)
             holds = await pages.db(request, incidents.server_holds, account.id, endpoint_id)
+            open_incidents = await pages.db(request, incidents.server_incidents, account.id, endpoint_id)
         except ServiceError:
             return _missing(pages, request, account, "servers", "server")
         refusal = _take_refusal(service, request, "holds")
@@ -528,6 +530,7 @@ def install(app: FastAPI, service: Keychest) -> None:
                 server=detail,
                 renewal=renewal,
                 holds=holds,
+                open_incidents=open_incidents,
                 hold_error=refusal[0] if refusal else None,
                 hold_typed=refusal[1] if refusal else {},
             ),
@@ -778,6 +781,21 @@ def install(app: FastAPI, service: Keychest) -> None:
         except ServiceError as exc:
             return _refused(service, back + "#alerts", "holds", exc.text, typed)
         return _back(back, "window_added")
+
+    @app.post("/servers/{endpoint_id}/acknowledge", include_in_schema=False)
+    async def server_acknowledge(endpoint_id: int, request: Request) -> Response:
+        got = await account_and_form(request)
+        if isinstance(got, Response):
+            return got
+        account = got[0]
+        return await act(
+            request,
+            f"/servers/{endpoint_id}",
+            "acknowledged",
+            incidents.acknowledge_server,
+            account.id,
+            endpoint_id,
+        )
 
     @app.post("/servers/{endpoint_id}/holds/{hold_id}/remove", include_in_schema=False)
     async def server_hold_remove(endpoint_id: int, hold_id: int, request: Request) -> Response:
