@@ -54,6 +54,12 @@ def expected_answers(lines: list[bytes]) -> list[str]:
     return answers
 
 
+def _answered(received: bytes) -> int:
+    """Complete status lines so far. Counting "status " anywhere stopped early: the help text
+    names the renewal command's ``status S`` argument."""
+    return sum(1 for line in received.split(b"\n")[:-1] if line.startswith(b"status "))
+
+
 def exchange(port: int, payload: bytes, chunk_sizes: list[int], replies: int) -> list[str]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         position = 0
@@ -63,7 +69,7 @@ def exchange(port: int, payload: bytes, chunk_sizes: list[int], replies: int) ->
         sock.sendall(payload[position:])
         received = b""
         deadline = time.monotonic() + 10
-        while received.count(b"status ") < replies and time.monotonic() < deadline:
+        while _answered(received) < replies and time.monotonic() < deadline:
             chunk = sock.recv(65536)
             if not chunk:
                 break
