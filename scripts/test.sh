@@ -28,6 +28,9 @@ bash scripts/bootstrap.sh test
 if [ -f scripts/install-certbot-test-deps.sh ]; then
   bash scripts/install-certbot-test-deps.sh
 fi
+if [ -f scripts/install-synapse-test-deps.sh ]; then
+  bash scripts/install-synapse-test-deps.sh
+fi
 if [ "${KEYCHEST_SKIP_LINT:-}" != 1 ]; then
   bash scripts/lint.sh
 fi
