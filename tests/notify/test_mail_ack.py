@@ -184,10 +184,10 @@ def test_two_passes_due_at_once_repeat_once(svc: Keychest) -> None:
     account_id, _ = watched(svc, "ops@example.org", "www.example.net")
     svc.call(alerting.run_pass)
     clock(svc).now = NOW + DAY
-    due = svc.read(alerting.due_again, account_id)
-    assert len(due) == 1
+    due = svc.read(alerting.due_again, [account_id])
+    assert len(due[account_id]) == 1
     assert svc.call(alerting.run_pass).mails == 1
-    assert svc.read(alerting.due_again, account_id) == frozenset()
+    assert svc.read(alerting.due_again, [account_id]) == {}
     assert svc.call(alerting.run_pass).mails == 0
     [row] = svc.read(
         lambda ctx: list(ctx.session.scalars(select(AlertSent).where(AlertSent.account_id == account_id)))

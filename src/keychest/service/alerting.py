@@ -173,23 +173,26 @@ def _renotify_before(ctx: Ctx) -> datetime | None:
     return ctx.now - timedelta(seconds=renotify) if renotify > 0 else None
 
 
-def due_again(ctx: Ctx, account_id: int) -> frozenset[str]:
-    """The account's mailed incidents due to be mailed again: critical, not acknowledged, last
-    mailed --renotify ago or longer (whether still true is for the pure decision)."""
+def due_again(ctx: Ctx, account_ids: list[int]) -> dict[int, frozenset[str]]:
+    """Each account's mailed incidents due to be mailed again: critical, not acknowledged, last
+    mailed --renotify ago or longer (whether still true is for the pure decision). One query
+    for all accounts: the pass runs every minute, and a query per account made the quiet pass
+    1.4 times as slow (bench/alerts.py)."""
     before = _renotify_before(ctx)
-    if before is None:
-        return frozenset()
-    return frozenset(
-        ctx.session.scalars(
-            select(AlertSent.alert_key).where(
-                AlertSent.account_id == account_id,
-                AlertSent.kind.in_(alert_rules.INCIDENT_KINDS),
-                AlertSent.severity == "critical",
-                AlertSent.acked_at.is_(None),
-                AlertSent.last_sent_at <= before,
-            )
+    if before is None or not account_ids:
+        return {}
+    due: dict[int, set[str]] = defaultdict(set)
+    for account_id, key in ctx.session.execute(
+        select(AlertSent.account_id, AlertSent.alert_key).where(
+            AlertSent.account_id.in_(account_ids),
+            AlertSent.kind.in_(alert_rules.INCIDENT_KINDS),
+            AlertSent.severity == "critical",
+            AlertSent.acked_at.is_(None),
+            AlertSent.last_sent_at <= before,
         )
-    )
+    ):
+        due[account_id].add(key)
+    return {account_id: frozenset(keys) for account_id, keys in due.items()}
 
 
 class _Lost(Exception):
@@ -238,6 +241,9 @@ def record_alerts(ctx: Ctx, account_id: int, found: list[alert_rules.Alert]) -> 
                         AlertSent.last_sent_at <= before,
                     )
                     .values(last_sent_at=ctx.now, ack_hash=links[alert.key].hash)
+                    # The pass loads no AlertSent objects: without this, every update walks all
+                    # it did load (the repeat pass took 3 times as long as the first).
+                    .execution_options(synchronize_session=False)
                 )
                 if cast("CursorResult[Any]", done).rowcount != 1:
                     raise _Lost
@@ -264,6 +270,7 @@ def run_pass(ctx: Ctx) -> PassResult:
     changes = certificate_changes(ctx, all_ids)
     renewal_failures, undeployed = renewals.alert_facts(ctx, all_ids)
     held = held_endpoints(ctx, all_ids)
+    due = due_again(ctx, [a.id for a in accounts])
     mails = total = 0
     for account in accounts:
         ids = mapping.get(account.id, [])
@@ -286,7 +293,7 @@ def run_pass(ctx: Ctx) -> PassResult:
                 warn_days=ctx.settings.scan.warn_days,
                 crit_days=ctx.settings.scan.crit_days,
             ),
-            due_again(ctx, account.id),
+            due.get(account.id, frozenset()),
         )
         found += renewal_rules.decide(
             [f for f in renewal_failures if f.endpoint_id in mine],

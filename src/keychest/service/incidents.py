@@ -97,6 +97,8 @@ def _record(ctx: Ctx, channel: Channel, decision: rules.Decision, acks: dict[str
                         update(ChannelEvent)
                         .where(ChannelEvent.channel_id == channel.id, ChannelEvent.event_key == e.key)
                         .values(last_sent_at=ctx.now, ack_hash=acks.get(e.key))
+                        # Nothing here loads ChannelEvent objects: skip walking the session.
+                        .execution_options(synchronize_session=False)
                     )
             if closing:
                 ctx.session.execute(
@@ -107,6 +109,7 @@ def _record(ctx: Ctx, channel: Channel, decision: rules.Decision, acks: dict[str
                         ChannelEvent.closed_at.is_(None),
                     )
                     .values(closed_at=ctx.now)
+                    .execution_options(synchronize_session=False)
                 )
     except IntegrityError:
         return False
