@@ -38,17 +38,13 @@ Runs (2026-12-01, a shared, loaded machine; about 2.5 min each):
     c. repeat (+25 h)              13.01   (154)        16.14  (124)
     d. quiet after, off / 24 h      1.12 / 1.59          2.52 / 3.38 (noisy)
 
-Why renotify costs 1.4-1.5x in the quiet pass: ``alerting.due_again`` is one SELECT per
-account (2,000 more round trips beside ``sent_keys``'s own). One SELECT for all accounts,
-grouped by account_id in Python, brings the ratio to 0.98 on SQLite and 0.90 on PostgreSQL
-(tried by monkeypatching, both fixes together).
-Why the repeat pass is 3-4x the first: ``record_alerts`` runs one ORM ``update(AlertSent)``
-per repeated incident with the default synchronize_session, which scans the whole identity
-map (every Endpoint, AddressState, Certificate, Account the pass loaded) per statement:
-quadratic in the pass's size. ``.execution_options(synchronize_session=False)`` (no
-AlertSent objects are loaded in the pass) took it from 13.0 s to 4.5 s on SQLite and from
-16.1 s to 7.7 s on PostgreSQL; one executemany UPDATE per account would also save the
-round trips, where the dialect reports rowcounts of executemany (for the conditional check).
+Those figures were before two fixes, found with this bench (commit "Alert pass: due repeats
+read in one query"): ``alerting.due_again`` was one SELECT per account (2,000 more round trips
+each pass), now one for all; and the repeat's ORM ``update(AlertSent)`` walked the session's
+whole identity map per statement (quadratic in the pass's size), now with
+``synchronize_session=False`` (the pass loads no AlertSent objects). After them, SQLite, 5
+rounds, same machine with a CI run beside it (noisy): first 5.38 s, quiet off 2.34 s, quiet on
+2.30 s (0.98x), repeat 8.54 s, quiet after 1.62 / 1.56 s.
 """
 
 from __future__ import annotations
