@@ -6,10 +6,7 @@ is an Apprise URL (slack://, msteams://, tgram://, ntfy://, json://, mailto://, 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +16,7 @@ import click
 
 from keychest.cli.options import env_option, parse_duration
 from keychest.config import NotifySettings
-from keychest.notify import deliver, payload, signing
+from keychest.notify import deliver, signing
 
 
 def read_secret(path: str | None, flag: str = "--webhook-secret-file") -> str | None:
@@ -121,33 +118,14 @@ def test_cmd(
     except deliver.ChannelUrlError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
-    now = datetime.now(UTC).replace(tzinfo=None)
-    msg_id = f"msg_{uuid.uuid4().hex}"
-    event = payload.test_event(now)
-    body = payload.build(
-        event,
-        msg_id=msg_id,
-        occurred_at=now,
-        now=now,
-        host=event.endpoint,
-        port=443,
-        account=None,
+    sent = deliver.send_test(
+        target,
+        now=datetime.now(UTC).replace(tzinfo=None),
         dashboard_url="http://127.0.0.1:8080/",
-        ack_url=None,
+        timeout_s=timeout,
+        allow_private_targets=allow_private_targets,
     )
-    raw = json.dumps(body, separators=(",", ":")).encode()
-    outcome = asyncio.run(
-        deliver.send(
-            target,
-            body=raw,
-            title=event.title,
-            message=event.message,
-            msg_id=msg_id,
-            timestamp=int(time.time()),
-            timeout_s=timeout,
-            allow_private_targets=allow_private_targets,
-        )
-    )
+    body, outcome = sent.payload, sent.outcome
     if as_json:
         click.echo(json.dumps(body, indent=2))
     if not outcome.ok:

@@ -13,14 +13,19 @@ resolve-twice window that only a DNS server under the attacker's control can use
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from keychest.notify import signing
+from keychest.notify import payload, signing
 from keychest.scan.guard import ALLOW_FLAG, check_address
 
 APPRISE = "apprise"
@@ -226,3 +231,43 @@ async def send(
         return await asyncio.wait_for(asyncio.to_thread(_apprise_send, target.url, title, message), timeout_s)
     except TimeoutError:
         return Outcome(False, f"no answer within {timeout_s:g} s")
+
+
+@dataclass(frozen=True)
+class TestSent:
+    outcome: Outcome
+    payload: dict[str, Any]  # the JSON body the test carried
+
+
+def send_test(
+    target: Target, *, now: datetime, dashboard_url: str, timeout_s: float, allow_private_targets: bool
+) -> TestSent:
+    """One ``notification.test``, delivered now rather than through the outbox: the CLI's
+    ``keychest notify test`` and the "send a test" of REST and the dashboard. Blocking: call
+    it outside an event loop and any transaction."""
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    event = payload.test_event(now)
+    body = payload.build(
+        event,
+        msg_id=msg_id,
+        occurred_at=now,
+        now=now,
+        host=event.endpoint,
+        port=443,
+        account=None,
+        dashboard_url=dashboard_url,
+        ack_url=None,
+    )
+    outcome = asyncio.run(
+        send(
+            target,
+            body=json.dumps(body, separators=(",", ":")).encode(),
+            title=event.title,
+            message=event.message,
+            msg_id=msg_id,
+            timestamp=int(time.time()),
+            timeout_s=timeout_s,
+            allow_private_targets=allow_private_targets,
+        )
+    )
+    return TestSent(outcome, body)

@@ -9,12 +9,9 @@ longer in the flags becomes ``removed``: its queued notifications are skipped.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
-import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,7 +19,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select, update
 
 from keychest.config import Settings
-from keychest.notify import deliver, events, payload, signing
+from keychest.notify import deliver, events, signing
 from keychest.service import errors, keys, secrets
 from keychest.service.context import Ctx
 from keychest.states import AccountState, KeyState
@@ -278,33 +275,14 @@ def test_target_for_account(ctx: Ctx, account_id: int, channel_id: int) -> deliv
 
 
 def send_test(settings: Settings, target_: deliver.Target, now: datetime) -> deliver.Outcome:
-    """One test notification, delivered now (not through the outbox): REST's and the
-    dashboard's "send a test". Blocking: call it outside the event loop and any transaction."""
-    msg_id = f"msg_{uuid.uuid4().hex}"
-    event = payload.test_event(now)
-    body = payload.build(
-        event,
-        msg_id=msg_id,
-        occurred_at=now,
+    """REST's and the dashboard's "send a test" (deliver.send_test, with the server's settings)."""
+    return deliver.send_test(
+        target_,
         now=now,
-        host=event.endpoint,
-        port=443,
-        account=None,
         dashboard_url=settings.mail.public_url + "/",
-        ack_url=None,
-    )
-    return asyncio.run(
-        deliver.send(
-            target_,
-            body=json.dumps(body, separators=(",", ":")).encode(),
-            title=event.title,
-            message=event.message,
-            msg_id=msg_id,
-            timestamp=int(time.time()),
-            timeout_s=settings.notify.timeout_s,
-            allow_private_targets=settings.scan.allow_private_targets,
-        )
-    )
+        timeout_s=settings.notify.timeout_s,
+        allow_private_targets=settings.scan.allow_private_targets,
+    ).outcome
 
 
 def list_all(ctx: Ctx) -> list[ChannelView]:
