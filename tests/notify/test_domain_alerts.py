@@ -122,3 +122,34 @@ def test_the_alert_mail_says_when_the_registration_expires(svc: Keychest) -> Non
     assert "example.net" in html and "2026-12-13" in html
     assert "Browsers may refuse" not in text
     assert row.payload["subject"] == "keychest: www.example.net domain registration expires in 12 days"
+
+
+# --- channels: the same notice as a domain.* event, not certificate.invalid ---------------------
+
+
+def test_channels_get_one_domain_event_per_registrable_domain_in_the_mail_words() -> None:
+    from keychest.notify import events
+
+    expires = NOW + 5 * DAY
+    endpoints = [
+        facts(2, "www.example.net", ("domain_expires_soon",), expires),
+        facts(1, "api.example.net", ("domain_expires_soon", "hostname_mismatch"), expires),
+    ]
+    decision = events.decide(endpoints, [], NOW, frozenset(), {})
+    [domain] = [e for e in decision.events if e.type == events.DOMAIN_EXPIRING]
+    [mail] = [a for a in run(endpoints) if a.kind == "domain_expires_soon"]
+    assert (domain.key, domain.title, domain.message) == (mail.key, mail.title, mail.detail)
+    assert domain.severity == "critical" and domain.problems == ("domain_expires_soon",)
+    assert (domain.endpoint, domain.ip, domain.certificate) == ("api.example.net", None, None)
+    # The certificate problem is still its own incident, without the domain code.
+    [invalid] = [e for e in decision.events if e.type == events.INVALID]
+    assert invalid.problems == ("hostname_mismatch",) and invalid.endpoint == "api.example.net"
+    # Once per key; an expired registration is a domain.expired event.
+    assert not [
+        e
+        for e in events.decide(endpoints, [], NOW, frozenset({domain.key}), {}).events
+        if e.type == events.DOMAIN_EXPIRING
+    ]
+    gone = [facts(1, "api.example.net", ("domain_expired",), NOW - DAY)]
+    [expired] = events.decide(gone, [], NOW, frozenset(), {}).events
+    assert expired.type == events.DOMAIN_EXPIRED and expired.severity == "critical"

@@ -122,11 +122,11 @@ def test_registration_expiry_stored_and_on_metrics(
     assert [p.code for view in views for p in view.problems] == ["domain_expires_soon"]
 
 
-def test_domain_expiry_reaches_the_channels_as_an_incident(
+def test_domain_expiry_reaches_the_channels_as_a_domain_event(
     db_url: str, rdap_server: RdapServer, servers: TestServers, certs: CertFactory
 ) -> None:
-    """domain_expires_soon goes through the alert pass like any other problem (an incident on
-    the channels), from a real scan's record."""
+    """domain_expires_soon reaches the channels from a real scan's record as a domain.expiring
+    event (not certificate.invalid: it is about the registration, not the certificate)."""
     secret = signing.new_secret()
     with receiver() as hook:
         svc = make_service(db_url, NotifySettings(webhook_urls=(hook.url,), webhook_secret=secret))
@@ -140,5 +140,7 @@ def test_domain_expiry_reaches_the_channels_as_an_incident(
         assert svc.call(incidents.run_pass).queued == 1
         drain(svc)
         [payload] = verified(hook, secret, 1)
-    assert payload["type"] == "certificate.invalid"
+    assert payload["type"] == "domain.expiring" and payload["certificate"] is None
     assert payload["problems"] == ["domain_expires_soon"] and payload["severity"] == "warning"
+    assert payload["endpoint"]["host"] == name and payload["ack_url"] is None
+    assert payload["title"].startswith("Domain registration expires in ")

@@ -366,8 +366,23 @@ def decide(
     return alerts
 
 
-def _domain_alerts(endpoints: Sequence[EndpointFacts], now: datetime, sent: frozenset[str]) -> list[Alert]:
-    """One alert per registrable domain, listing the account's names under it."""
+@dataclass(frozen=True)
+class DomainNotice:
+    """A registrable domain's registration (RDAP) expiring or expired, with the names of the
+    endpoints under it: mail (an alert) and channels (an event) tell it in the same words."""
+
+    key: str
+    code: str  # domain_expires_soon, domain_expired
+    severity: str
+    domain: str
+    endpoints: tuple[EndpointFacts, ...]
+    title: str
+    detail: str
+    headline: str
+
+
+def domain_notices(endpoints: Sequence[EndpointFacts], now: datetime) -> list[DomainNotice]:
+    """One notice per registrable domain, code and expiry date, true now."""
     groups: dict[tuple[str, str, datetime | None], list[EndpointFacts]] = {}
     for endpoint in endpoints:
         codes = {p for a in endpoint.addresses for p in a.problems if p in DOMAIN_PROBLEMS}
@@ -376,17 +391,14 @@ def _domain_alerts(endpoints: Sequence[EndpointFacts], now: datetime, sent: froz
         code = "domain_expired" if "domain_expired" in codes else "domain_expires_soon"
         domain = endpoint.registered_domain or endpoint.name
         groups.setdefault((domain, code, endpoint.registration_expires), []).append(endpoint)
-    alerts = []
+    notices = []
     for (domain, code, expires), serving in groups.items():
-        names = _names(serving)
         left = days_left(expires, now) if expires is not None else None
         critical = code == "domain_expired" or (left is not None and left < DOMAIN_CRIT_DAYS)
         severity = "critical" if critical else "warning"
         key = (
             f"domain:{domain}:{code}:{severity}:{expires:%Y-%m-%d}" if expires else f"domain:{domain}:{code}"
         )
-        if key in sent:
-            continue
         lapse = "Renew it at your registrar: once it lapses, the names under it stop resolving."
         if code == "domain_expired":
             when = f"on {expires:%Y-%m-%d}" if expires is not None else "already"
@@ -410,8 +422,17 @@ def _domain_alerts(endpoints: Sequence[EndpointFacts], now: datetime, sent: froz
                     f"The domain {domain}'s registration expires soon (the registry's RDAP record). {lapse}"
                 )
                 headline = "domain registration expires soon"
-        alerts.append(Alert(key, code, severity, title, detail, names, headline))
-    return alerts
+        notices.append(DomainNotice(key, code, severity, domain, tuple(serving), title, detail, headline))
+    return notices
+
+
+def _domain_alerts(endpoints: Sequence[EndpointFacts], now: datetime, sent: frozenset[str]) -> list[Alert]:
+    """One alert per registrable domain, listing the account's names under it."""
+    return [
+        Alert(n.key, n.code, n.severity, n.title, n.detail, _names(n.endpoints), n.headline)
+        for n in domain_notices(endpoints, now)
+        if n.key not in sent
+    ]
 
 
 def is_open(key: str, kind: str, sent: frozenset[str]) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from keychest.notify.alerts import ISSUER_CHANGE_WINDOW, Policy, thresholds
+from keychest.notify.alerts import DOMAIN_PROBLEMS, ISSUER_CHANGE_WINDOW, Policy, domain_notices, thresholds
 from keychest.notify.facts import CertChange, CertInfo, EndpointFacts, days, describe_left
 from keychest.scan.judge import Severity, expiry_severity
 
@@ -33,10 +33,14 @@ TEST = "notification.test"
 # From the machines' renewal reports (notify.renewals): once per report (and address).
 RENEWAL_FAILED = "renewal.failed"
 NOT_DEPLOYED = "deployment.not_deployed"
+# The registrable domain's registration (RDAP), not a certificate: once per domain, code,
+# severity and expiry date, naming the first of the channel's endpoints under it.
+DOMAIN_EXPIRING = "domain.expiring"
+DOMAIN_EXPIRED = "domain.expired"
 
 EVENT_TYPES = (
     EXPIRING, EXPIRED, RENEWED, RENEWAL_OVERDUE, STALE, FAILING, RECOVERED, INVALID, VALID,
-    RENEWAL_FAILED, NOT_DEPLOYED, TEST,
+    RENEWAL_FAILED, NOT_DEPLOYED, DOMAIN_EXPIRING, DOMAIN_EXPIRED, TEST,
 )  # fmt: skip
 # The incident an event opens, and the event that closes it.
 CLOSES = {FAILING: RECOVERED, INVALID: VALID}
@@ -44,8 +48,9 @@ CLOSES = {FAILING: RECOVERED, INVALID: VALID}
 MAIL_INCIDENTS = {"invalid": INVALID, "down": FAILING}
 SEVERITIES = ("info", "warning", "critical")
 ACME_MAX_LIFETIME = timedelta(days=100)
-# Problem codes that have events of their own (expiry, stale deployment): not "invalid".
-OWN_EVENTS = frozenset({"expired", "expires_soon", "stale_deployment"})
+# Problem codes that have events of their own (expiry, stale deployment, domain registration):
+# not "invalid".
+OWN_EVENTS = frozenset({"expired", "expires_soon", "stale_deployment"}) | DOMAIN_PROBLEMS
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,22 @@ def _true(
                 continue
             certs_seen.add(cert.id)
             events.extend(_expiry(endpoint, ip, cert, now, sent, policy))
+    for notice in domain_notices(endpoints, now):
+        first = min(notice.endpoints, key=lambda e: e.name)
+        events.append(
+            Event(
+                notice.key,
+                DOMAIN_EXPIRED if notice.code == "domain_expired" else DOMAIN_EXPIRING,
+                notice.severity,
+                first.id,
+                first.name,
+                None,
+                None,
+                notice.title,
+                notice.detail,
+                (notice.code,),
+            )
+        )
     for change in changes:
         if change.old is None or now - change.at > ISSUER_CHANGE_WINDOW:
             continue
