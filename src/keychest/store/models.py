@@ -224,6 +224,10 @@ class AddressState(Base):
     since: Mapped[datetime] = mapped_column(DateTime)
     last_scan_at: Mapped[datetime] = mapped_column(DateTime)
     scan_seconds: Mapped[float | None] = mapped_column()
+    # The last scan's revocation answer and the CA's ARI window, as ``scan --json`` prints them
+    # (migration 0015); None when not checked, not answered, or the scan failed.
+    revocation: Mapped[dict | None] = mapped_column(JSON)
+    ari: Mapped[dict | None] = mapped_column(JSON)
 
     __table_args__ = (
         UniqueConstraint("endpoint_id", "ip", name="uq_address_states_endpoint_ip"),
