@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import CursorResult, Select, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from keychest.scan.ari import RenewalInfo
+from keychest.scan.revocation import Revocation
 from keychest.service import accounts, audit, domains, errors, keys, keystrength, scans, visibility
 from keychest.service.context import Ctx
 from keychest.states import AccountState, KeyState
@@ -158,6 +160,8 @@ class AddressExpiry:
     hostname_ok: bool | None
     error: str | None
     problems: tuple[scans.StoredProblem, ...]
+    revocation: Revocation | None = None  # the last scan's answer; None: not checked or failed
+    ari: RenewalInfo | None = None  # the CA's suggested renewal window; None: unknown
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,8 @@ def expiration(ctx: Ctx, raw_key: str, domain_text: str, ip: str | None = None) 
             view.hostname_ok,
             view.error,
             view.problems,
+            view.revocation,
+            view.ari,
         )
         for view in scans.address_views(ctx, endpoint.id)
         if wanted is None or _ip_filter(view.ip or None) == wanted

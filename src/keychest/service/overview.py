@@ -24,11 +24,13 @@ from sqlalchemy import (
     union,
 )
 
+from keychest.scan.ari import RenewalInfo
 from keychest.scan.judge import State
+from keychest.scan.revocation import Revocation
 from keychest.service import domains, errors
 from keychest.service.context import Ctx
 from keychest.service.endpoints import RENEWAL_DUE
-from keychest.service.scans import StoredProblem, stored_problems
+from keychest.service.scans import StoredProblem, ari_phase, stored_ari, stored_problems, stored_revocation
 from keychest.service.visibility import account_endpoint, account_endpoints, account_keys
 from keychest.states import AccountState, KeyState
 from keychest.store.models import (
@@ -442,6 +444,9 @@ class AddressDetail:
     problems: tuple[StoredProblem, ...]
     since: datetime
     last_scan_at: datetime
+    revocation: Revocation | None = None  # the last scan's answer; None: not checked or failed
+    ari: RenewalInfo | None = None  # the CA's suggested renewal window; None: unknown
+    ari_phase: str | None = None  # "due" (window started), "passed" (ended), None (before/unknown)
 
 
 @dataclass(frozen=True)
@@ -485,6 +490,9 @@ def server_detail(ctx: Ctx, account_id: int, endpoint_id: int) -> ServerDetail:
             stored_problems(s.problems),
             s.since,
             s.last_scan_at,
+            stored_revocation(s.revocation),
+            stored_ari(s.ari),
+            ari_phase(stored_ari(s.ari), ctx.now),
         )
         for s, c in ctx.session.execute(
             select(AddressState, Certificate)

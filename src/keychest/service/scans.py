@@ -13,8 +13,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from keychest.scan.ari import RenewalInfo
 from keychest.scan.judge import CertFacts, State
 from keychest.scan.model import AddressResult
+from keychest.scan.revocation import Method, Revocation, Status
 from keychest.service import domains, errors, visibility
 from keychest.service.bulk import chunks
 from keychest.service.context import Ctx
@@ -233,6 +235,10 @@ def record(
             "earliest_not_after": _naive(verdict.earliest_not_after)
             if verdict and verdict.earliest_not_after
             else None,
+            # What this scan said, as `scan --json` prints it: a failed scan, or one without the
+            # check or without an answer, stores None (no answer about a certificate not seen now).
+            "revocation": result.revocation.as_dict() if result.revocation else None,
+            "ari": result.ari.as_dict() if result.ari else None,
         }
         if old is None:
             ctx.session.execute(
@@ -333,6 +339,58 @@ def stored_problems(raw: object) -> tuple[StoredProblem, ...]:
     )
 
 
+def _moment(raw: object) -> datetime | None:
+    """An ISO 8601 time as `as_dict` wrote it (``...Z``), aware UTC; None if it is not one."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _text(raw: object) -> str | None:
+    return raw if isinstance(raw, str) else None
+
+
+def stored_revocation(raw: object) -> Revocation | None:
+    """The ``revocation`` column read back (``Revocation.as_dict()`` written by :func:`record`)."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        status = Status(str(raw.get("status")))
+        method = Method(raw["method"]) if raw.get("method") is not None else None
+    except ValueError:
+        return None
+    return Revocation(
+        status, method, _moment(raw.get("revoked_at")), _text(raw.get("reason")), _text(raw.get("error"))
+    )
+
+
+def stored_ari(raw: object) -> RenewalInfo | None:
+    """The ``ari`` column read back (``RenewalInfo.as_dict()`` written by :func:`record`)."""
+    if not isinstance(raw, dict):
+        return None
+    start, end, checked = (_moment(raw.get(k)) for k in ("window_start", "window_end", "checked_at"))
+    if start is None or end is None or checked is None:
+        return None
+    return RenewalInfo(start, end, _text(raw.get("explanation_url")), checked)
+
+
+def ari_phase(info: RenewalInfo | None, now: datetime) -> str | None:
+    """Where ``now`` is against the CA's window: "due" once it has started, "passed" once it has
+    ended (the ``ari_renewal_due`` and ``ari_window_passed`` problems), None before or unknown."""
+    if info is None:
+        return None
+    now = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+    if now >= info.window_end:
+        return "passed"
+    if now >= info.window_start:
+        return "due"
+    return None
+
+
 @dataclass(frozen=True)
 class AddressView:
     ip: str
@@ -349,6 +407,8 @@ class AddressView:
     problems: tuple[StoredProblem, ...]
     since: datetime
     last_scan_at: datetime
+    revocation: Revocation | None = None  # the last scan's answer; None: not checked or failed
+    ari: RenewalInfo | None = None  # the CA's suggested renewal window (RFC 9773); None: unknown
 
 
 def address_views(ctx: Ctx, endpoint_id: int) -> list[AddressView]:
@@ -374,6 +434,8 @@ def address_views(ctx: Ctx, endpoint_id: int) -> list[AddressView]:
             stored_problems(state.problems),
             state.since,
             state.last_scan_at,
+            stored_revocation(state.revocation),
+            stored_ari(state.ari),
         )
         for state, cert in rows
     ]
