@@ -62,6 +62,25 @@ class RemoveAnswer(BaseModel):
     domain: str
 
 
+class RevocationAnswer(BaseModel):
+    """The last scan's revocation answer, as ``keychest scan --json`` prints it."""
+
+    status: str = Field(description="good, revoked or unknown")
+    method: str | None = Field(description="crl, ocsp or stapled; null when no answer came")
+    revoked_at: str | None = Field(description="ISO 8601 UTC, when revoked")
+    reason: str | None = Field(description="the CRL's or OCSP responder's reason, when revoked")
+    error: str | None = Field(description="why the status is unknown")
+
+
+class AriAnswer(BaseModel):
+    """The CA's suggested renewal window (ACME Renewal Information, RFC 9773), as ``scan --json``."""
+
+    window_start: str = Field(description="ISO 8601 UTC")
+    window_end: str = Field(description="ISO 8601 UTC")
+    explanation_url: str | None
+    checked_at: str = Field(description="ISO 8601 UTC, when the CA was asked")
+
+
 class AddressExpiration(BaseModel):
     """One address's record in servers/expiration."""
 
@@ -77,6 +96,12 @@ class AddressExpiration(BaseModel):
     hostname_ok: bool | None
     error: str | None
     problems: list[str]
+    revocation: RevocationAnswer | None = Field(
+        None, description="the last scan's revocation check; null when not checked or the scan failed"
+    )
+    ari: AriAnswer | None = Field(
+        None, description="the CA's suggested renewal window; null when the CA offers none or did not answer"
+    )
 
 
 class ExpirationAnswer(BaseModel):

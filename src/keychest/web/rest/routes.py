@@ -219,6 +219,9 @@ def _expiration_answer(expiration: endpoints.Expiration) -> dict[str, Any]:
             "hostname_ok": a.hostname_ok,
             "error": a.error,
             "problems": [p.code for p in a.problems],
+            # As `keychest scan --json` prints them (the scanner's own as_dict); None: unknown.
+            "revocation": a.revocation.as_dict() if a.revocation else None,
+            "ari": a.ari.as_dict() if a.ari else None,
         }
         for a in expiration.addresses
     ]
