@@ -14,8 +14,10 @@ import asyncio
 import datetime as dt
 import html
 import re
+import shutil
 import ssl
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from tests.scan.test_renewal_checks import AriServer
 from tests.scan.test_renewal_scan import stapling_server
 from tests.support.service import ManualClock
 from tests.web.test_accessibility import check, chromium  # noqa: F401  (its browser fixture)
+from tests.web.test_dashboard_browser import CHROMIUM
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,7 +88,11 @@ class Site:
             acme_directories=(f"{self.ari.base}/directory",),
             resolve=(parse_resolve(f"{NAME}:{self.port}:127.0.0.1"),),
         )
-        results = asyncio.run(Scanner(options).scan_endpoint(Endpoint(NAME, self.port)))
+        # In a thread of its own: with Chromium up, Playwright runs an event loop in this one.
+        with ThreadPoolExecutor(1) as pool:
+            results = pool.submit(
+                asyncio.run, Scanner(options).scan_endpoint(Endpoint(NAME, self.port))
+            ).result()
         assert [r.error is not None for r in results] == [expect_error], results
         return list(results)
 
@@ -267,3 +274,36 @@ def test_a_revoked_certificate_and_a_scan_without_the_check(
     assert revoked.revoked_at is not None and revoked.reason
     line = checks_line(client, endpoint_id)
     assert line == f"Revocation: revoked on {revoked.revoked_at:%Y-%m-%d} ({revoked.reason})", line
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian's chromium")
+def test_the_lines_are_accessible(app: tuple[Keychest, TestClient], web: Site, chromium: Any) -> None:  # noqa: F811
+    """The server page with both lines (renewal due now emphasised), in Chromium through the
+    real app, checked by axe-core at desktop and phone widths as tests/web/test_accessibility.py
+    does."""
+    service, client = app
+    _, endpoint_id = watched(service, client, web.port)
+    web.window(NOW - DAY, NOW + DAY)
+    service.call(scans.record, endpoint_id, web.scan(), interval_s=3600)
+    origin = "http://keychest.test"
+
+    def through_the_app(route: Any) -> None:
+        parts = urlsplit(route.request.url)
+        answer = client.request(route.request.method, parts.path + (f"?{parts.query}" if parts.query else ""))
+        headers = {k: v for k, v in answer.headers.items() if k not in ("content-encoding", "content-length")}
+        route.fulfill(status=answer.status_code, headers=headers, body=answer.content)
+
+    context = chromium.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+    try:
+        context.route(f"{origin}/**", through_the_app)
+        page = context.new_page()
+        page.goto(f"{origin}/servers/{endpoint_id}")
+        assert "renewal due now" in page.locator("tr.checks").inner_text()
+        # The stylesheet came through the app too (axe judges the colours it sets).
+        colour = page.evaluate("getComputedStyle(document.querySelector('tr.checks strong')).color")
+        assert colour not in ("rgb(0, 0, 0)", ""), colour
+        failures: list[str] = []
+        check(page, "server with revocation and ARI", failures, nav=False)
+    finally:
+        context.close()
+    assert failures == [], "\n".join(failures)
