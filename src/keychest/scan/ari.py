@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
+from enum import StrEnum
 from typing import Any
 
 from cryptography import x509
@@ -125,11 +126,33 @@ def retry_after(value: str | None, now: datetime) -> timedelta:
     return min(max(delay, MIN_RETRY), MAX_RETRY)
 
 
+class AriPhase(StrEnum):
+    """Where a moment stands against the CA's suggested window (before it: no phase)."""
+
+    DUE = "due"  # the window has started: renew now
+    PASSED = "passed"  # the window has ended (or was moved into the past)
+
+
+def phase(info: RenewalInfo | None, now: datetime) -> AriPhase | None:
+    """The one rule behind the ``ari_renewal_due``/``ari_window_passed`` problems and the
+    dashboard's "renewal due now"/"window passed"."""
+    if info is None:
+        return None
+    if now.tzinfo is None and info.window_end.tzinfo is not None:
+        now = now.replace(tzinfo=info.window_end.tzinfo)
+    if now >= info.window_end:
+        return AriPhase.PASSED
+    if now >= info.window_start:
+        return AriPhase.DUE
+    return None
+
+
 def ari_problems(info: RenewalInfo | None, now: datetime) -> list[Problem]:
     if info is None:
         return []
     explained = f" (the CA explains: {info.explanation_url})" if info.explanation_url else ""
-    if now >= info.window_end:
+    found = phase(info, now)
+    if found is AriPhase.PASSED:
         return [
             Problem(
                 "ari_window_passed",
@@ -138,7 +161,7 @@ def ari_problems(info: RenewalInfo | None, now: datetime) -> list[Problem]:
                 f" serves the certificate; a window moved into the past announces a revocation{explained}",
             )
         ]
-    if now >= info.window_start:
+    if found is AriPhase.DUE:
         return [
             Problem(
                 "ari_renewal_due",

@@ -24,13 +24,13 @@ from sqlalchemy import (
     union,
 )
 
-from keychest.scan.ari import RenewalInfo
+from keychest.scan.ari import AriPhase, RenewalInfo, phase
 from keychest.scan.judge import State
 from keychest.scan.revocation import Revocation
 from keychest.service import domains, errors
 from keychest.service.context import Ctx
 from keychest.service.endpoints import RENEWAL_DUE
-from keychest.service.scans import StoredProblem, ari_phase, stored_ari, stored_problems, stored_revocation
+from keychest.service.scans import StoredProblem, stored_ari, stored_problems, stored_revocation
 from keychest.service.visibility import account_endpoint, account_endpoints, account_keys
 from keychest.states import AccountState, KeyState
 from keychest.store.models import (
@@ -446,7 +446,7 @@ class AddressDetail:
     last_scan_at: datetime
     revocation: Revocation | None = None  # the last scan's answer; None: not checked or failed
     ari: RenewalInfo | None = None  # the CA's suggested renewal window; None: unknown
-    ari_phase: str | None = None  # "due" (window started), "passed" (ended), None (before/unknown)
+    ari_phase: AriPhase | None = None  # None: before the window, or no window known
 
 
 @dataclass(frozen=True)
@@ -472,28 +472,33 @@ class ServerDetail:
     registration_expires: datetime | None = None
 
 
+def _address_detail(s: AddressState, c: Certificate | None, now: datetime) -> AddressDetail:
+    ari = stored_ari(s.ari)
+    return AddressDetail(
+        s.ip,
+        s.state,
+        s.error,
+        c.sha256 if c else None,
+        c.subject if c else None,
+        c.issuer_name if c else None,
+        c.not_after if c else None,
+        s.trusted,
+        s.hostname_ok,
+        stored_problems(s.problems),
+        s.since,
+        s.last_scan_at,
+        stored_revocation(s.revocation),
+        ari,
+        phase(ari, now),
+    )
+
+
 def server_detail(ctx: Ctx, account_id: int, endpoint_id: int) -> ServerDetail:
     endpoint = account_endpoint(ctx, account_id, endpoint_id)
     if endpoint is None:
         raise errors.not_found("no such server")
     addresses = [
-        AddressDetail(
-            s.ip,
-            s.state,
-            s.error,
-            c.sha256 if c else None,
-            c.subject if c else None,
-            c.issuer_name if c else None,
-            c.not_after if c else None,
-            s.trusted,
-            s.hostname_ok,
-            stored_problems(s.problems),
-            s.since,
-            s.last_scan_at,
-            stored_revocation(s.revocation),
-            stored_ari(s.ari),
-            ari_phase(stored_ari(s.ari), ctx.now),
-        )
+        _address_detail(s, c, ctx.now)
         for s, c in ctx.session.execute(
             select(AddressState, Certificate)
             .outerjoin(Certificate, Certificate.id == AddressState.certificate_id)

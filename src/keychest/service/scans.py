@@ -378,19 +378,6 @@ def stored_ari(raw: object) -> RenewalInfo | None:
     return RenewalInfo(start, end, _text(raw.get("explanation_url")), checked)
 
 
-def ari_phase(info: RenewalInfo | None, now: datetime) -> str | None:
-    """Where ``now`` is against the CA's window: "due" once it has started, "passed" once it has
-    ended (the ``ari_renewal_due`` and ``ari_window_passed`` problems), None before or unknown."""
-    if info is None:
-        return None
-    now = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
-    if now >= info.window_end:
-        return "passed"
-    if now >= info.window_start:
-        return "due"
-    return None
-
-
 @dataclass(frozen=True)
 class AddressView:
     ip: str
