@@ -12,8 +12,10 @@ request, and a task plus ``wait_for`` per read cost a third of the throughput.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import socket
 import ssl
 import time
 from collections import deque
@@ -40,6 +42,11 @@ MAX_READERS = 4
 STAMP_FLUSH_S = 1.0
 # A client that pipelines without reading its answers is paused at this many pending.
 MAX_PENDING_PER_CONNECTION = 64
+# A TLS client has this long to complete its handshake (and, with --proxy-protocol, the
+# balancer to send its PROXY header before it): until then it is no connection that a cap counts.
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+# After accept() failed for want of descriptors (EMFILE), as asyncio's own listener waits.
+ACCEPT_RETRY_S = 1.0
 
 OVERLOADED = format_response(Response(503, "too many connections; retry later"))
 OVERLOADED_BY_YOU = format_response(Response(503, "too many connections from your address; retry later"))
@@ -264,8 +271,11 @@ def _proxy_like(data: bytes) -> bool:
 class LineConnection(asyncio.Protocol):
     """One client: requests in, answers out in the same order, each in one write."""
 
-    def __init__(self, server: LineServer) -> None:
+    def __init__(self, server: LineServer, ip: str | None = None) -> None:
         self.server = server
+        # The client's address when the TLS listener's gate read the PROXY header already
+        # (LineServer._gate): this connection then takes no header of its own.
+        self.gated_ip = ip
         self.settings = server.settings
         self.framer = LineFramer()
         self.outq: deque[bytes | _Slot] = deque()
@@ -293,7 +303,10 @@ class LineConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else None
         self.last_activity = server.loop.time()
-        if server.proxy_protocol and proxy.is_trusted(self.ip, server.trusted_proxies):
+        if self.gated_ip is not None:
+            self.ip = self.gated_ip
+            self.first_bytes = False
+        elif server.proxy_protocol and proxy.is_trusted(self.ip, server.trusted_proxies):
             # Admitted (counted per address) once the header says whose connection it is.
             self.proxy_buffer = b""
             return
@@ -489,14 +502,20 @@ class LineServer:
         self.on_response = on_response
         self.admission = admission or Admission(settings.max_connections, settings.max_connections_per_ip)
         self.tls = tls
-        # Before a TLS handshake there is no place for a PROXY header in asyncio's TLS
-        # listener: the header is read on the plain listener only.
-        self.proxy_protocol = settings.proxy_protocol and tls is None
+        # On the plain listener a connection reads its PROXY header itself. Over TLS the header
+        # comes in plaintext before the ClientHello, where asyncio's TLS listener would take it
+        # for a broken handshake: that listener accepts its sockets itself (_accept, _gate).
+        self.proxy_protocol = settings.proxy_protocol
         self.trusted_proxies = proxy.parse_networks(settings.trusted_proxies)
         self.host = settings.host if host is None else host
         self.port = settings.port if port is None else port
         self.connections: set[LineConnection] = set()
         self._server: asyncio.Server | None = None
+        # The TLS listener with --proxy-protocol: its sockets, accept loops, and the accepted
+        # sockets whose header or handshake is still to come.
+        self._listeners: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
+        self._gates: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_event_loop()
 
@@ -506,26 +525,121 @@ class LineServer:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._server = await self.loop.create_server(
-            lambda: LineConnection(self),
-            self.host,
-            self.port,
-            backlog=4096,
-            ssl=self.tls,
-            # A client that never finishes its handshake is not yet a connection (no cap
-            # counts it): it must not hold a socket for long.
-            ssl_handshake_timeout=10.0 if self.tls is not None else None,
+        if self.tls is not None and self.proxy_protocol:
+            self._listeners = await _listen(self.loop, self.host, self.port)
+            self._accepting = [self.loop.create_task(self._accept(sock)) for sock in self._listeners]
+        else:
+            self._server = await self.loop.create_server(
+                lambda: LineConnection(self),
+                self.host,
+                self.port,
+                backlog=4096,
+                ssl=self.tls,
+                # A client that never finishes its handshake is not yet a connection (no cap
+                # counts it): it must not hold a socket for long.
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if self.tls is not None else None,
+            )
+        log.info(
+            "line API%s%s listening on %s",
+            " over TLS" if self.tls else "",
+            " (PROXY protocol from trusted proxies)" if self.proxy_protocol else "",
+            ", ".join(self.addresses),
         )
-        log.info("line API%s listening on %s", " over TLS" if self.tls else "", ", ".join(self.addresses))
         self._sweep()
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """The TLS listener's accept loop with --proxy-protocol: each socket goes to _gate."""
+        loop = self.loop
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:  # out of descriptors: the client waits in the backlog
+                log.error("line API over TLS: accept failed, retrying in %gs: %s", ACCEPT_RETRY_S, exc)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            if len(self._gates) >= self.admission.max_total:
+                # Sockets before their handshake are bounded too, as connections after it are.
+                sock.close()
+                self.count("overload", 503)
+                continue
+            gate = loop.create_task(self._gate(sock, peer[0] if peer else None))
+            self._gates.add(gate)
+            gate.add_done_callback(self._gates.discard)
+
+    async def _gate(self, sock: socket.socket, ip: str | None) -> None:
+        """A trusted proxy's PROXY header, off the socket before TLS begins; then the handshake.
+
+        Exactly the header's bytes are read (the ClientHello after it, in the same segment or
+        not, stays for TLS), within the handshake's time-out, which covers both. The rules
+        are the plain listener's, answered in plaintext since there is no TLS yet: a trusted
+        peer without a valid header gets a 400, a PROXY header from anyone else a 403, and
+        the socket is closed; a client that just starts TLS is served under its own address.
+        """
+        loop = self.loop
+        deadline = loop.time() + TLS_HANDSHAKE_TIMEOUT_S
+        peer = ip
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout_at(deadline):
+                if proxy.is_trusted(peer, self.trusted_proxies):
+                    header = await _read_proxy_header(loop, sock)
+                    if header.source is not None:  # else LOCAL/UNKNOWN: the proxy's own check
+                        ip = header.source
+                else:
+                    first = await _peek(loop, sock, 16)
+                    if not first:
+                        sock.close()
+                        return
+                    if proxy.starts_like_header(first):
+                        log.info("line API over TLS: a PROXY header from %s, not a trusted proxy", peer)
+                        self._refuse_plain(sock, PROXY_REFUSED, 403)
+                        return
+        except proxy.ProxyError as exc:
+            log.warning("line API over TLS: trusted proxy %s: %s", peer, exc)
+            self._refuse_plain(sock, format_response(Response(400, str(exc))), 400)
+            return
+        except (TimeoutError, OSError):  # slow, silent or gone before its header
+            sock.close()
+            return
+        except BaseException:  # cancelled (stop): the socket was not handed over yet
+            sock.close()
+            raise
+        client = ip
+        try:
+            # The loop owns the socket from here, and closes it should the handshake fail.
+            await loop.connect_accepted_socket(
+                lambda: LineConnection(self, client),
+                sock,
+                ssl=self.tls,
+                ssl_handshake_timeout=max(1.0, deadline - loop.time()),
+            )
+        except Exception as exc:  # a failed handshake: nobody to tell
+            log.debug("line API over TLS: handshake with %s (via %s) failed: %r", client, peer, exc)
+
+    def _refuse_plain(self, sock: socket.socket, answer: bytes, code: int) -> None:
+        """Answer before TLS and close. What the peer sent already is read first: closing
+        with unread bytes would reset the connection, and the answer could be lost."""
+        with contextlib.suppress(OSError):
+            for _ in range(16):
+                if not sock.recv(65536):
+                    break
+        with contextlib.suppress(OSError):
+            sock.send(answer)
+            sock.shutdown(socket.SHUT_WR)
+        sock.close()
+        self.count("invalid", code)
 
     @property
     def addresses(self) -> list[str]:
         """HOST:PORT of each listening socket ([HOST]:PORT for IPv6)."""
-        assert self._server is not None
+        names = [sock.getsockname() for sock in self._listeners]
+        if self._server is not None:
+            names += [sock.getsockname() for sock in self._server.sockets]
         out = []
-        for sock in self._server.sockets:
-            host, port = sock.getsockname()[:2]
+        for name in names:
+            host, port = name[:2]
             out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         return out
 
@@ -541,6 +655,11 @@ class LineServer:
         """Stop accepting; give open connections a moment to receive what they are owed."""
         if self._server is not None:
             self._server.close()
+        for task in (*self._accepting, *self._gates):
+            task.cancel()
+        await asyncio.gather(*self._accepting, *self._gates, return_exceptions=True)
+        for sock in self._listeners:
+            sock.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         deadline = self.loop.time() + grace_s
@@ -548,3 +667,69 @@ class LineServer:
             await asyncio.sleep(0.02)
         for connection in list(self.connections):
             connection._close()
+
+
+async def _listen(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of ``host``, as ``loop.create_server`` binds them."""
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(4096)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    fd = sock.fileno()
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
+    """Up to ``size`` bytes that have come, left unread; b"" when the peer closed."""
+    while True:
+        await _readable(loop, sock)
+        try:
+            return sock.recv(size, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            continue
+
+
+async def _read_proxy_header(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> proxy.ProxyHeader:
+    """Read exactly the PROXY header's bytes: what follows it stays unread on the socket.
+
+    Each round peeks at what has come and reads only the part that belongs to the header
+    (all of it while the header is incomplete), so a header that ends in the middle of a
+    segment leaves the ClientHello behind it in place. Raises ProxyError, or ConnectionError
+    when the peer closes first.
+    """
+    taken = b""
+    while True:
+        ahead = await _peek(loop, sock, proxy.V2_MAX - len(taken))
+        if not ahead:
+            raise ConnectionError("closed before the end of the PROXY header")
+        header = proxy.parse(taken + ahead)
+        want = len(ahead) if header is None else header.length - len(taken)
+        taken += sock.recv(want)
+        if header is not None and len(taken) == header.length:
+            return header
