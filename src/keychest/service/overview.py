@@ -24,13 +24,11 @@ from sqlalchemy import (
     union,
 )
 
-from keychest.scan.ari import AriPhase, RenewalInfo, phase
 from keychest.scan.judge import State
-from keychest.scan.revocation import Revocation
 from keychest.service import domains, errors
 from keychest.service.context import Ctx
 from keychest.service.endpoints import RENEWAL_DUE
-from keychest.service.scans import StoredProblem, stored_ari, stored_problems, stored_revocation
+from keychest.service.scans import AddressView, StoredProblem, address_views, stored_problems
 from keychest.service.visibility import account_endpoint, account_endpoints, account_keys
 from keychest.states import AccountState, KeyState
 from keychest.store.models import (
@@ -431,25 +429,6 @@ def _escape_like(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class AddressDetail:
-    ip: str
-    state: str
-    error: str | None
-    sha256: str | None
-    subject: str | None
-    issuer: str | None
-    not_after: datetime | None
-    trusted: bool | None
-    hostname_ok: bool | None
-    problems: tuple[StoredProblem, ...]
-    since: datetime
-    last_scan_at: datetime
-    revocation: Revocation | None = None  # the last scan's answer; None: not checked or failed
-    ari: RenewalInfo | None = None  # the CA's suggested renewal window; None: unknown
-    ari_phase: AriPhase | None = None  # None: before the window, or no window known
-
-
-@dataclass(frozen=True)
 class ChangeLine:
     at: datetime
     ip: str
@@ -466,46 +445,18 @@ class ServerDetail:
     state: str
     last_scan_at: datetime | None
     next_scan_at: datetime | None
-    addresses: list[AddressDetail]
+    addresses: list[AddressView]
     history: list[ChangeLine]
     # The registrable domain's registration expiry (RDAP) at the last scan; None: unknown.
     registration_expires: datetime | None = None
-
-
-def _address_detail(s: AddressState, c: Certificate | None, now: datetime) -> AddressDetail:
-    ari = stored_ari(s.ari)
-    return AddressDetail(
-        s.ip,
-        s.state,
-        s.error,
-        c.sha256 if c else None,
-        c.subject if c else None,
-        c.issuer_name if c else None,
-        c.not_after if c else None,
-        s.trusted,
-        s.hostname_ok,
-        stored_problems(s.problems),
-        s.since,
-        s.last_scan_at,
-        stored_revocation(s.revocation),
-        ari,
-        phase(ari, now),
-    )
 
 
 def server_detail(ctx: Ctx, account_id: int, endpoint_id: int) -> ServerDetail:
     endpoint = account_endpoint(ctx, account_id, endpoint_id)
     if endpoint is None:
         raise errors.not_found("no such server")
-    addresses = [
-        _address_detail(s, c, ctx.now)
-        for s, c in ctx.session.execute(
-            select(AddressState, Certificate)
-            .outerjoin(Certificate, Certificate.id == AddressState.certificate_id)
-            .where(AddressState.endpoint_id == endpoint.id)
-            .order_by(AddressState.ip)
-        ).all()
-    ]
+    # The same view of each address as the line API and REST give (one query, one shape).
+    addresses = address_views(ctx, endpoint.id)
     current = Certificate.__table__.alias("current_cert")
     previous = Certificate.__table__.alias("previous")
     history = [

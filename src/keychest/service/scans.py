@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from keychest.scan.ari import RenewalInfo
+from keychest.scan.ari import AriPhase, RenewalInfo, phase
 from keychest.scan.judge import CertFacts, State
 from keychest.scan.model import AddressResult
 from keychest.scan.revocation import Method, Revocation, Status
@@ -396,6 +396,8 @@ class AddressView:
     last_scan_at: datetime
     revocation: Revocation | None = None  # the last scan's answer; None: not checked or failed
     ari: RenewalInfo | None = None  # the CA's suggested renewal window (RFC 9773); None: unknown
+    ari_phase: AriPhase | None = None  # now against that window; None: before it, or unknown
+    subject: str | None = None
 
 
 def address_views(ctx: Ctx, endpoint_id: int) -> list[AddressView]:
@@ -405,27 +407,32 @@ def address_views(ctx: Ctx, endpoint_id: int) -> list[AddressView]:
         .where(AddressState.endpoint_id == endpoint_id)
         .order_by(AddressState.ip)
     ).all()
-    return [
-        AddressView(
-            state.ip,
-            state.state,
-            state.error_kind,
-            state.error,
-            cert.sha256 if cert else None,
-            cert.not_before if cert else None,
-            cert.not_after if cert else None,
-            cert.issuer_name if cert else None,
-            cert.is_lets_encrypt if cert else None,
-            state.trusted,
-            state.hostname_ok,
-            stored_problems(state.problems),
-            state.since,
-            state.last_scan_at,
-            stored_revocation(state.revocation),
-            stored_ari(state.ari),
+    views = []
+    for state, cert in rows:
+        ari = stored_ari(state.ari)
+        views.append(
+            AddressView(
+                state.ip,
+                state.state,
+                state.error_kind,
+                state.error,
+                cert.sha256 if cert else None,
+                cert.not_before if cert else None,
+                cert.not_after if cert else None,
+                cert.issuer_name if cert else None,
+                cert.is_lets_encrypt if cert else None,
+                state.trusted,
+                state.hostname_ok,
+                stored_problems(state.problems),
+                state.since,
+                state.last_scan_at,
+                stored_revocation(state.revocation),
+                ari,
+                phase(ari, ctx.now),
+                cert.subject if cert else None,
+            )
         )
-        for state, cert in rows
-    ]
+    return views
 
 
 # An endpoint's state before its first scan (Endpoint.last_state is NULL).
