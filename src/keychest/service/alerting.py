@@ -167,8 +167,9 @@ def record_sent(ctx: Ctx, account_id: int, keys: list[tuple[str, str]]) -> bool:
     return True
 
 
-def _renotify_before(ctx: Ctx) -> datetime | None:
-    """Incidents last mailed before this are due again (None: --renotify 0, never)."""
+def renotify_before(ctx: Ctx) -> datetime | None:
+    """Incidents (mailed or sent to a channel) last told before this are due again (None:
+    --renotify 0, never)."""
     renotify = ctx.settings.notify.renotify_s
     return ctx.now - timedelta(seconds=renotify) if renotify > 0 else None
 
@@ -178,7 +179,7 @@ def due_again(ctx: Ctx, account_ids: list[int]) -> dict[int, frozenset[str]]:
     mailed --renotify ago or longer (whether still true is for the pure decision). One query
     for all accounts: the pass runs every minute, and a query per account made the quiet pass
     1.4 times as slow (bench/alerts.py)."""
-    before = _renotify_before(ctx)
+    before = renotify_before(ctx)
     if before is None or not account_ids:
         return {}
     due: dict[int, set[str]] = defaultdict(set)
@@ -223,7 +224,7 @@ def record_alerts(ctx: Ctx, account_id: int, found: list[alert_rules.Alert]) -> 
                     "ack_hash": link.hash if mine and link is not None else None,
                 }
             )
-    before = _renotify_before(ctx) or ctx.now
+    before = renotify_before(ctx) or ctx.now
     try:
         with ctx.session.begin_nested():
             if rows:

@@ -35,8 +35,7 @@ class PassResult:
 
 def _open(ctx: Ctx, channel_id: int) -> tuple[frozenset[str], dict[str, rules.OpenIncident], frozenset[str]]:
     """What the channel got, its open incidents, and those due to be sent again."""
-    renotify = ctx.settings.notify.renotify_s
-    due_before = ctx.now - timedelta(seconds=renotify)
+    due_before = alerting.renotify_before(ctx)
     sent: set[str] = set()
     open_: dict[str, rules.OpenIncident] = {}
     repeat: set[str] = set()
@@ -56,7 +55,7 @@ def _open(ctx: Ctx, channel_id: int) -> tuple[frozenset[str], dict[str, rules.Op
         if closed_at is None and type_ in rules.CLOSES:
             open_[key] = rules.OpenIncident(key, type_, endpoint_id, ip)
             if (
-                renotify > 0
+                due_before is not None
                 and severity == "critical"
                 and acked_at is None
                 and last_sent_at is not None
