@@ -118,18 +118,6 @@ def test_blank_lines_do_not_keep_a_connection_open(server_factory) -> None:  # t
         assert read_status(busy) == b"status ok 200 pong\n"
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    folder = tmp_path_factory.mktemp("line-tls")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key, ca_file = folder / "cert.pem", folder / "key.pem", folder / "ca.pem"
-    leaf.private_key_and_cert_chain_pem.write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(ca_file))
-    return cert, key, ca_file
-
-
 def tls_request(port: int, ca_file: Path, payload: bytes) -> bytes:
     context = ssl.create_default_context(cafile=str(ca_file))
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import trustme
 
 from keychest.protocol import proxy
 from tests.support.net import free_port
@@ -193,18 +192,6 @@ def test_http_forwarded_for_only_from_trusted_proxies(server_factory: Callable[.
 
 
 # --- the TLS listener: the header in plaintext, then the client's TLS -------------------------
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    folder = tmp_path_factory.mktemp("proxy-tls")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key, ca_file = folder / "cert.pem", folder / "key.pem", folder / "ca.pem"
-    leaf.private_key_and_cert_chain_pem.write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(ca_file))
-    return cert, key, ca_file
 
 
 def tls_server(
